@@ -1,0 +1,121 @@
+"""The two ways to run a lab host, behind one interface: `start(host, image)` and `stop(host)`.
+
+container: systemd-nspawn on an overlay of the image; native CPU, for deploys, load and speed.
+vm: qemu on a qcow2 overlay of the image's disk; its own kernel, for limits, sysctl and reboots.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lab import config, image, network, state
+
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+def nameservers() -> list[str]:
+    return [line.split()[1] for line in RESOLV_CONF.read_text().splitlines()
+            if line.startswith("nameserver ")]
+
+
+def _host_dir(host: dict) -> Path:
+    return config.HOSTS_DIR / host["name"]
+
+
+def _network_file(interface: str, address: str) -> str:
+    return (f"[Match]\nName={interface}\n\n[Network]\nAddress={address}/{config.LAB_NETWORK.prefixlen}\n"
+            f"Gateway={config.LAB_GATEWAY}\n\n[Route]\nDestination={config.LAB_RANGE}\n"
+            "Type=unreachable\n")
+
+
+def _start_container(host: dict, image_dir: Path) -> None:
+    base = _host_dir(host)
+    for sub in ("upper", "work", "root"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    root = base / "root"
+    if not os.path.ismount(root):
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={image_dir / 'rootfs'},upperdir={base / 'upper'},workdir={base / 'work'}",
+                        str(root)], check=True)
+    (root / "etc/fstab").write_text("")  # nspawn mounts the root; the VM's fstab entry fails here
+    (root / "etc/hostname").write_text(host["name"] + "\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host['name']}\n")
+    (root / "etc/systemd/network/10-lab.network").write_text(_network_file("host0", host["address"]))
+    (root / "etc/resolv.conf").write_text("".join(f"nameserver {s}\n" for s in nameservers()))
+    env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1")  # sysctl -w works, as on a NAS
+    with open(base / "console.log", "ab") as console:
+        process = subprocess.Popen(
+            ["systemd-nspawn", f"--directory={root}", "--boot", "--register=no", "--keep-unit",
+             f"--machine=lab-{host['name']}", f"--network-bridge={config.BRIDGE}",
+             "--resolv-conf=off", "--link-journal=no", "--console=pipe"],
+            stdin=subprocess.DEVNULL, stdout=console, stderr=console, env=env,
+            start_new_session=True)
+    (base / "pid").write_text(f"{process.pid}\n")
+
+
+def _tap(host: dict) -> str:
+    return f"labtap-{host['name']}"
+
+
+def _start_vm(host: dict, image_dir: Path) -> None:
+    base = _host_dir(host)
+    base.mkdir(parents=True, exist_ok=True)
+    disk, kernel, initrd = image.ensure_vm_disk(image_dir)
+    overlay = base / "disk.qcow2"
+    if not overlay.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk), "-F", "raw",
+                        str(overlay)], check=True)
+    network.add_tap(_tap(host))
+    # KVM only where the CPU offers real hardware virtualization; a paravirtual /dev/kvm crashes
+    # stock guest kernels, so TCG it is there.
+    hardware_virt = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("vmx", "svm"))
+    accel = ["-accel", "kvm", "-cpu", "host"] if hardware_virt and Path("/dev/kvm").exists() \
+        else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    last_octet = int(host["address"].rsplit(".", 1)[1])
+    cmdline = (f"root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.hostname={host['name']} "
+               f"lab.address={host['address']}/{config.LAB_NETWORK.prefixlen} "
+               f"lab.gateway={config.LAB_GATEWAY} lab.range={config.LAB_RANGE} "
+               f"lab.dns={','.join(nameservers())}")
+    subprocess.run(
+        ["qemu-system-x86_64", *accel, "-smp", str(config.VM_CPUS), "-m", str(config.VM_MEMORY_MB),
+         "-name", f"lab-{host['name']}", "-nographic", "-monitor", "none",
+         "-serial", f"file:{base / 'console.log'}",
+         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+         "-drive", f"file={overlay},if=virtio,format=qcow2",
+         "-netdev", f"tap,id=lab,ifname={_tap(host)},script=no,downscript=no",
+         "-device", f"virtio-net-pci,netdev=lab,mac=52:54:00:d5:00:{last_octet:02x}",
+         "-daemonize", "-pidfile", str(base / "pid")],
+        check=True)
+
+
+def start(host: dict, image_dir: Path) -> None:
+    {"container": _start_container, "vm": _start_vm}[host["backend"]](host, image_dir)
+
+
+def pid(host: dict) -> int | None:
+    return state.pid_alive(_host_dir(host) / "pid")
+
+
+def stop(host: dict, timeout: float = 30) -> None:
+    """Power the host off (SIGTERM: nspawn halts the container, qemu ends the VM), then remove
+    its overlay: lab hosts are made anew by each `up`."""
+    running = pid(host)
+    if running:
+        os.kill(running, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while state.pid_alive(_host_dir(host) / "pid") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if state.pid_alive(_host_dir(host) / "pid"):
+            os.kill(running, signal.SIGKILL)
+            while state.pid_alive(_host_dir(host) / "pid"):
+                time.sleep(0.1)
+    base = _host_dir(host)
+    root = base / "root"
+    if os.path.ismount(root):
+        subprocess.run(["umount", str(root)], check=True)
+    if host["backend"] == "vm":
+        network.remove_link(_tap(host))
+    shutil.rmtree(base, ignore_errors=True)

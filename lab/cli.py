@@ -1,0 +1,129 @@
+"""`lab up | down | status | ssh`: real Debian hosts on this machine for tests, demos and benchmarks."""
+
+import argparse
+import os
+import sys
+import time
+
+from lab import backends, config, image, network, ssh, state
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("lab: must run as root: it creates a bridge, NAT rules, containers and VMs. "
+                 "Run it again with sudo.")
+
+
+def _wait_ready(hosts: list[dict]) -> None:
+    """Poll each host until SSH answers and systemd has finished booting."""
+    for host in hosts:
+        started = time.monotonic()
+        deadline = started + config.BOOT_TIMEOUT_S[host["backend"]]
+        booting = ("initializing", "starting")
+        while True:
+            if not backends.pid(host):
+                sys.exit(f"lab: {host['name']} stopped while booting; see "
+                         f"{config.HOSTS_DIR / host['name'] / 'console.log'}")
+            try:
+                current = ssh.system_state(host["address"])
+            except Exception:  # a timeout of one probe is not fatal; the deadline is
+                current = None
+            if current and current not in booting:
+                break
+            if time.monotonic() > deadline:
+                sys.exit(f"lab: {host['name']} not ready after {deadline - started:.0f} s "
+                         f"(state: {current or 'no SSH'}); see its console.log")
+            time.sleep(0.5)
+        host["boot_seconds"] = round(time.monotonic() - host["started_at"], 1)
+        print(f"lab: {host['name']} ({host['backend']}, {host['address']}) {current} "
+              f"after {host['boot_seconds']} s", file=sys.stderr)
+        if current != "running":
+            failed = ssh.ssh_command(host["address"], "systemctl", "--failed", "--no-legend")
+            os.system(" ".join(failed))
+
+
+def up(backend: str, nodes: int) -> None:
+    _require_root()
+    if not 1 <= nodes <= config.MAX_NODES:
+        sys.exit(f"lab: --nodes must be between 1 and {config.MAX_NODES}")
+    image_dir = image.ensure_image()
+    current = state.load()
+    network.setup(current)
+    state.save(current)
+    starting = []
+    for index in range(1, nodes + 1):
+        name = config.host_name(backend, index)
+        host = current["hosts"].get(name)
+        if host and backends.pid(host):
+            continue
+        host = {"name": name, "backend": backend, "address": str(config.host_address(backend, index)),
+                "started_at": time.monotonic()}
+        if current["hosts"].get(name):
+            backends.stop(host)
+        ssh.forget_host(host["address"])
+        backends.start(host, image_dir)
+        current["hosts"][name] = host
+        state.save(current)
+        starting.append(host)
+    _wait_ready(starting)
+    for host in starting:
+        host.pop("started_at")
+    state.save(current)
+    status()
+
+
+def down() -> None:
+    _require_root()
+    current = state.load()
+    for host in current["hosts"].values():
+        backends.stop(host)
+        ssh.forget_host(host["address"])
+    network.teardown(current)
+    config.STATE_FILE.unlink(missing_ok=True)
+    left = network.leftovers()
+    if left:
+        sys.exit("lab: down left these behind: " + "; ".join(left))
+    print("lab: down; no host, bridge, route or rule of the lab is left", file=sys.stderr)
+
+
+def status() -> None:
+    current = state.load()
+    if not current["hosts"]:
+        print("lab: no hosts (run `lab up`)")
+        return
+    print(f"{'name':6} {'backend':9} {'address':12} {'state':12} {'memory':>9}")
+    for name, host in sorted(current["hosts"].items()):
+        pid = backends.pid(host)
+        system = (ssh.system_state(host["address"]) or "no SSH") if pid else "stopped"
+        memory = f"{state.memory_bytes(pid) / 2**20:.0f} MiB" if pid else "-"
+        print(f"{name:6} {host['backend']:9} {host['address']:12} {system:12} {memory:>9}")
+
+
+def ssh_into(name: str, command: list[str]) -> None:
+    host = state.load()["hosts"].get(name)
+    if not host:
+        sys.exit(f"lab: no host named {name!r}; `lab status` lists them")
+    argv = ssh.ssh_command(host["address"], *command)
+    os.execvp(argv[0], argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="start lab hosts (twice is harmless)")
+    up_parser.add_argument("--backend", choices=sorted(config.BACKENDS), default="container")
+    up_parser.add_argument("--nodes", type=int, default=2)
+    commands.add_parser("down", help="stop every lab host and remove what the lab added")
+    commands.add_parser("status", help="list lab hosts, their state and memory")
+    ssh_parser = commands.add_parser("ssh", help="open a shell (or run a command) on a lab host")
+    ssh_parser.add_argument("name")
+    ssh_parser.add_argument("remote_command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        up(args.backend, args.nodes)
+    elif args.command == "down":
+        down()
+    elif args.command == "status":
+        status()
+    else:
+        ssh_into(args.name, args.remote_command)

@@ -1,0 +1,53 @@
+"""What the lab started, kept in one JSON file that `down`, `status` and the inventories read."""
+
+import json
+import os
+from pathlib import Path
+
+from lab import config
+
+
+def load() -> dict:
+    if config.STATE_FILE.exists():
+        return json.loads(config.STATE_FILE.read_text())
+    return {"hosts": {}}
+
+
+def save(state: dict) -> None:
+    config.STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    partial = config.STATE_FILE.with_suffix(".partial")
+    partial.write_text(json.dumps(state, indent=1, sort_keys=True))
+    partial.rename(config.STATE_FILE)
+
+
+def pid_alive(pid_file: str | Path) -> int | None:
+    """The pid recorded in pid_file if that process still runs."""
+    try:
+        pid = int(Path(pid_file).read_text().split()[0])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        return None
+    return pid
+
+
+def memory_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (a container's whole tree)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
