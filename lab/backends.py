@@ -81,7 +81,7 @@ def _start_vm(host: dict, image_dir: Path) -> None:
                f"lab.dns={','.join(nameservers())}")
     subprocess.run(
         ["qemu-system-x86_64", *accel, "-smp", str(config.VM_CPUS), "-m", str(config.VM_MEMORY_MB),
-         "-name", f"lab-{host['name']}", "-nographic", "-monitor", "none",
+         "-name", f"lab-{host['name']}", "-display", "none", "-monitor", "none",
          "-serial", f"file:{base / 'console.log'}",
          "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
          "-drive", f"file={overlay},if=virtio,format=qcow2",

@@ -1,0 +1,6 @@
+"""The lab's container hosts (`python -m lab up`): every host serves, the first is the gateway."""
+
+from inventory.lab_hosts import lab_hosts
+
+inference = lab_hosts("container")
+gateway = inference[:1]

@@ -1,0 +1,150 @@
+"""The engine: llama-cpp-python[server] at one pinned version, compiled once per CPU profile.
+
+The first host of a profile compiles a wheel with that profile's CMake flags; the wheel must run a
+real inference on the host before it is kept. The controller then caches it, and every other host
+of the profile (and every later deploy) installs it without compiling.
+"""
+
+import hashlib
+import os
+import shlex
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api.exceptions import OperationError
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, python, server
+
+from tasks import preflight
+from tasks.cpu_profile import CpuProfile
+from tasks.settings import ENGINE_PACKAGE, ENGINE_VERSION
+
+FILES = Path(__file__).parent.parent / "files" / "engine"
+CACHE_DIR = Path(os.environ.get("NAS_AI_CACHE_DIR", Path.home() / ".cache" / "nas-ai")) / "engine"
+RUNTIME_PACKAGES = ["python3-venv", "libgomp1"]
+BUILD_PACKAGES = ["build-essential", "cmake", "pkg-config", "python3-dev", "python3-venv"]
+
+# build id -> the host that compiles it in this run (the first host of its CPU profile).
+_builders: dict[str, str] = {}
+
+
+def build_id(profile: CpuProfile) -> str:
+    recipe = profile.cmake_args() + (FILES / "constraints.txt").read_text()
+    return f"{ENGINE_VERSION}-{profile.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
+
+
+def cached_wheel(build: str) -> Path | None:
+    wheels = sorted((CACHE_DIR / build).glob("*.whl"))
+    return wheels[0] if wheels else None
+
+
+def builder_in_this_run(profile: CpuProfile) -> str | None:
+    return _builders.get(build_id(profile))
+
+
+def paths() -> dict[str, str]:
+    plan = preflight.plan()
+    engine = f"{plan.settings.system_install_dir}/engine"
+    build = build_id(plan.profile)
+    return {
+        "engine": engine,
+        "app": f"{engine}/app",
+        "constraints": f"{engine}/constraints.txt",
+        "wheels": f"{engine}/wheels/{build}",
+        "build": f"{engine}/builds/{build}",
+        "current": f"{engine}/current",
+        "python": f"{engine}/current/venv/bin/python",
+    }
+
+
+def _share_wheel(wheels_dir: str, build: str, builder: bool) -> None:
+    """Execute time. On the builder: keep its verified wheel on the controller. On the others
+    (this op runs after the builder's, as both hosts' op sequences share it): upload that wheel."""
+    sudo = bool(host.data.get("_sudo", False))
+    if builder:
+        ok, output = host.run_shell_command(f"ls {wheels_dir}/*.whl", _sudo=sudo)
+        if not ok:
+            raise OperationError(f"no wheel in {wheels_dir} on {host.name}")
+        remote = output.stdout_lines[0].strip()
+        target = CACHE_DIR / build / Path(remote).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        if not host.get_file(remote, str(partial), _sudo=sudo):
+            raise OperationError(f"download of {remote} from {host.name} failed")
+        partial.rename(target)
+        return
+    wheel = cached_wheel(build)
+    if wheel is None:
+        raise OperationError(f"no engine build {build} on the controller: its build host "
+                             f"{_builders.get(build, '(none)')} failed; see its output above")
+    host.run_shell_command(f"mkdir -p {wheels_dir}", _sudo=sudo)
+    if not host.put_file(str(wheel), f"{wheels_dir}/{wheel.name}", _sudo=sudo):
+        raise OperationError(f"upload of {wheel.name} to {host.name} failed")
+
+
+def _install_verified(p: dict, model_path: str) -> None:
+    """A fresh virtualenv with the wheel, kept only if a real inference succeeds in it."""
+    build, venv = p["build"], f"{p['build']}/venv"
+    script = f"""set -e
+rm -rf {build}
+mkdir -p {build}
+python3 -m venv {venv}
+wheel=$(ls {p['wheels']}/*.whl)
+{venv}/bin/pip install --quiet --disable-pip-version-check -c {p['constraints']} "${{wheel}}[server]" prometheus-client
+if ! PYTHONPATH={p['app']} {venv}/bin/python -m nas_ai_engine smoke {model_path}; then
+    rm -rf {build}
+    echo "engine build {Path(build).name} failed its smoke inference: not installed" >&2
+    exit 1
+fi
+touch {build}/verified"""
+    server.shell(name="Install the engine build and prove it with a real inference",
+                 commands=[script])
+
+
+def install() -> bool:
+    plan = preflight.plan()
+    p = paths()
+    build = Path(p["build"]).name
+    apt.packages(name="Install the engine's runtime packages", packages=RUNTIME_PACKAGES,
+                 no_recommends=True, cache_time=24 * 3600, update=True)
+    for directory in (p["engine"], p["app"], f"{p['engine']}/builds", f"{p['engine']}/wheels"):
+        files.directory(name=f"Engine directory {directory}", path=directory,
+                        user="root", group="root", mode="0755")
+    files.put(name="Engine dependency pins", src=str(FILES / "constraints.txt"),
+              dest=p["constraints"], user="root", group="root", mode="0644")
+    changed = False
+    files.directory(name="Engine app package", path=f"{p['app']}/nas_ai_engine",
+                    user="root", group="root", mode="0755")
+    for module in sorted((FILES / "nas_ai_engine").glob("*.py")):
+        changed |= files.put(name=f"Engine app {module.name}", src=str(module),
+                             dest=f"{p['app']}/nas_ai_engine/{module.name}", user="root",
+                             group="root", mode="0644").will_change
+
+    if not host.get_fact(File, path=f"{p['build']}/verified"):
+        changed = True
+        builder = cached_wheel(build) is None and \
+            _builders.setdefault(build, host.name) == host.name
+        if builder:
+            apt.packages(name="Install the engine's build tools", packages=BUILD_PACKAGES,
+                         no_recommends=True, cache_time=24 * 3600)
+            cmake = shlex.quote(plan.profile.cmake_args())
+            server.shell(
+                name=f"Compile {ENGINE_PACKAGE} {ENGINE_VERSION} for CPU profile {plan.profile.name}",
+                commands=[f"""set -e
+rm -rf {p['wheels']} {p['engine']}/buildenv
+mkdir -p {p['wheels']}
+python3 -m venv {p['engine']}/buildenv
+CMAKE_ARGS={cmake} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) {p['engine']}/buildenv/bin/pip wheel \
+    --quiet --disable-pip-version-check --no-deps --no-binary {ENGINE_PACKAGE} \
+    -w {p['wheels']} {ENGINE_PACKAGE}=={ENGINE_VERSION}
+rm -rf {p['engine']}/buildenv"""])
+            _install_verified(p, plan.model_path)
+        # One op in every installing host's sequence, so it runs after the builder's install.
+        python.call(name="Share the engine build of this CPU profile through the controller",
+                    function=_share_wheel, wheels_dir=p["wheels"], build=build, builder=builder)
+        if not builder:
+            _install_verified(p, plan.model_path)
+
+    selected = files.link(name="Select the engine build", path=p["current"],
+                          target=f"builds/{build}", user="root", group="root")
+    return changed or selected.will_change

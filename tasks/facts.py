@@ -1,0 +1,37 @@
+"""One fact with everything preflight needs, gathered in a single round trip per host."""
+
+from pyinfra.api import FactBase
+
+FIELDS_SCRIPT = r"""
+echo "arch=$(uname -m)"
+if [ -r /etc/os-release ]; then . /etc/os-release; echo "os_id=$ID"; echo "os_version=$VERSION_ID"; fi
+echo "cpu_flags=$(grep -m1 -E '^(flags|Features)[[:space:]]*:' /proc/cpuinfo | cut -d: -f2)"
+echo "cpus=$(nproc --all)"
+echo "mem_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
+echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"
+dir=STORE_DIR; while [ ! -e "$dir" ]; do dir=$(dirname "$dir"); done
+echo "store_free_kib=$(df -Pk "$dir" | awk 'NR==2 {print $4}')"
+"""
+
+
+class NasHost(FactBase):
+    """{"arch", "os_id", "os_version", "cpu_flags" (set), "cpus", "mem_bytes", "cgroup_fs",
+    "systemd" (bool), "store_free_bytes"}"""
+
+    def command(self, store_dir: str) -> str:
+        return FIELDS_SCRIPT.replace("STORE_DIR", "'" + store_dir.replace("'", "") + "'")
+
+    def process(self, output) -> dict:
+        raw = dict(line.split("=", 1) for line in output if "=" in line)
+        return {
+            "arch": raw.get("arch", ""),
+            "os_id": raw.get("os_id", ""),
+            "os_version": raw.get("os_version", ""),
+            "cpu_flags": set(raw.get("cpu_flags", "").split()),
+            "cpus": int(raw.get("cpus") or 1),
+            "mem_bytes": int(raw.get("mem_kib") or 0) * 1024,
+            "cgroup_fs": raw.get("cgroup_fs", ""),
+            "systemd": raw.get("systemd") == "yes",
+            "store_free_bytes": int(raw.get("store_free_kib") or 0) * 1024,
+        }

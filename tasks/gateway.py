@@ -1,0 +1,84 @@
+"""Gateway: nginx in front of every engine of the inventory, with API keys and per-key limits."""
+
+import math
+
+from pyinfra import host
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks import preflight, secrets, topology
+from tasks.rendering import install_checked, put_text, render
+from tasks.settings import DeployError
+
+CONF_PATH = "/etc/nginx/conf.d/nas-ai.conf"
+PRIVATE_DIR = "/etc/nginx/nas-ai"
+KEYS_FILE = f"{PRIVATE_DIR}/api-keys.map"
+SELF_SIGNED = {"certificate": f"{PRIVATE_DIR}/self-signed.crt", "key": f"{PRIVATE_DIR}/self-signed.key"}
+
+
+def keys_map(api_keys: dict[str, str]) -> str:
+    lines = []
+    for name, key in sorted(api_keys.items()):
+        if not (isinstance(key, str) and len(key) >= 16 and key.isprintable() and " " not in key
+                and '"' not in key and "\\" not in key):
+            raise DeployError(f"gateway_api_keys[{name!r}] must be a string of 16 or more printable "
+                              "characters without spaces, quotes or backslashes")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise DeployError(f"gateway_api_keys: client name {name!r} may hold letters, digits, - and _")
+        lines.append(f'"Bearer {key}" "{name}";')
+    if not lines:
+        raise DeployError("gateway_api_keys is empty: give at least one {name: key}")
+    return "\n".join(lines) + "\n"
+
+
+def site_config(settings, upstreams: list[str], backend_key: str, tls: dict | None) -> str:
+    return render(
+        "gateway/nas-ai.conf.j2", keys_file=KEYS_FILE, upstreams=upstreams, backend_key=backend_key,
+        port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
+        max_body=settings.gateway_max_body, rate_per_minute=settings.gateway_rate_per_minute,
+        rate_burst=settings.gateway_rate_burst, concurrent_per_key=settings.gateway_concurrent_per_key,
+        read_timeout_s=settings.gateway_read_timeout_s,
+        retry_after_s=max(1, math.ceil(60 / settings.gateway_rate_per_minute)))
+
+
+def upstreams() -> list[str]:
+    port = preflight.plan().settings.engine_port
+    return [f"{topology.upstream_address(engine, host)}:{port}" for engine in topology.inference_hosts()]
+
+
+def _tls(settings) -> dict | None:
+    tls = settings.gateway_tls
+    if tls is None:
+        return None
+    if tls == "self-signed":
+        if not host.get_fact(File, path=SELF_SIGNED["certificate"]):
+            server.shell(name="Generate a self-signed TLS certificate for the gateway", commands=[
+                f"openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN={host.name} "
+                f"-addext subjectAltName=DNS:{host.name},IP:{topology.lan_address(host)} "
+                f"-keyout {SELF_SIGNED['key']} -out {SELF_SIGNED['certificate']}",
+                f"chmod 0600 {SELF_SIGNED['key']}"])
+        return SELF_SIGNED
+    if isinstance(tls, dict) and set(tls) == {"certificate", "key"}:
+        remote = {"certificate": f"{PRIVATE_DIR}/gateway.crt", "key": f"{PRIVATE_DIR}/gateway.key"}
+        for part, mode in (("certificate", "0644"), ("key", "0600")):
+            files.put(name=f"TLS {part}", src=tls[part], dest=remote[part], mode=mode)
+        return remote
+    raise DeployError("gateway_tls must be None, 'self-signed' or {'certificate': path, 'key': path}")
+
+
+def configure() -> None:
+    settings = preflight.plan().settings
+    apt.packages(name="Install nginx", packages=["nginx-light", "openssl"], no_recommends=True,
+                 cache_time=24 * 3600)
+    files.directory(name=f"Directory {PRIVATE_DIR}", path=PRIVATE_DIR, user="root", group="root",
+                    mode="0700")
+    keys = put_text("Gateway API keys (0600)", keys_map(secrets.api_keys(settings.gateway_api_keys)),
+                    KEYS_FILE, "0600")
+    default_site = files.link(name="No Debian default site on the gateway's port",
+                              path="/etc/nginx/sites-enabled/default", present=False)
+    tls = _tls(settings)
+    site_changed = install_checked("nginx site nas-ai", site_config(settings, upstreams(),
+                                   secrets.backend_key(), tls), CONF_PATH, "nginx -t -q", mode="0600")
+    reload = keys.will_change or default_site.will_change or site_changed
+    systemd.service(name="nginx running and enabled", service="nginx.service", running=True,
+                    enabled=True, reloaded=reload)

@@ -1,0 +1,88 @@
+"""Preflight: facts of the host and every data key checked before any operation changes anything.
+Each refusal raises DeployError with the key or fact at fault and what to change."""
+
+from dataclasses import dataclass
+
+from pyinfra import host
+from pyinfra.facts.files import File
+
+from tasks import budget, cpu_profile, model_source, topology
+from tasks.facts import NasHost
+from tasks.settings import DeployError, Settings, resolve
+
+SUPPORTED_OS = {"debian": 12, "ubuntu": 22}  # minimum major version of each
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the deploy will make of this host, computed once and read by every task."""
+    settings: Settings
+    facts: dict
+    profile: cpu_profile.CpuProfile
+    limits: budget.Limits
+    budget: budget.Budget
+    model: model_source.ModelFile
+    model_path: str        # on the host
+    bind_address: str
+
+
+_plans: dict[str, Plan] = {}
+
+
+def plan() -> Plan:
+    return _plans[host.name]
+
+
+def _check_os(facts: dict) -> None:
+    minimum = SUPPORTED_OS.get(facts["os_id"])
+    try:
+        major = int(facts["os_version"].split(".")[0])
+    except ValueError:
+        major = 0
+    if minimum is None or major < minimum:
+        raise DeployError(f"{host.name}: {facts['os_id'] or 'unknown OS'} {facts['os_version']} is not "
+                          "supported: use Debian 12 or later, or Ubuntu 22.04 or later")
+    if not facts["systemd"]:
+        raise DeployError(f"{host.name}: systemd is not running; the stack needs it for its units")
+
+
+def check() -> Plan:
+    settings = resolve(host.name, host.data.dict())
+    facts = host.get_fact(NasHost, store_dir=settings.model_store_dir)
+    _check_os(facts)
+    profile = cpu_profile.select(f"{facts['os_id']}{facts['os_version'].split('.')[0]}",
+                                 facts["arch"], facts["cpu_flags"], settings.engine_cpu_profile_cap)
+    if not profile.has_avx2 and not settings.preflight_allow_without_avx2:
+        raise DeployError(
+            f"{host.name}: this x86_64 CPU has no AVX2 (profile {profile.level}): llama.cpp decodes "
+            "about 3-5 times slower here than on an AVX2 CPU of the same clock. To deploy anyway, "
+            "set preflight_allow_without_avx2 = True for this host")
+    limits = budget.limits(settings, facts["mem_bytes"], facts["cpus"])
+    model = model_source.resolve(settings.model_name, settings.model_source, settings.model_sha256)
+    fits = budget.check_fits(model.size, model.metadata, settings.engine_context_size, 1,
+                             limits.memory_high)
+    model_path = f"{settings.model_store_dir}/{model.name}/{model.sha256}.gguf"
+    present = host.get_fact(File, path=model_path)
+    if not (present and present.get("size") == model.size) and facts["store_free_bytes"] < model.size * 1.1:
+        raise DeployError(
+            f"{host.name}: {facts['store_free_bytes'] >> 20} MiB free at {settings.model_store_dir}, "
+            f"the model needs {model.size >> 20} MiB (+10 %): free space or move model_store_dir")
+    if settings.engine_context_size > model.metadata.get(
+            f"{model.metadata.get('general.architecture')}.context_length", 1 << 30):
+        raise DeployError(f"engine_context_size {settings.engine_context_size} exceeds the model's "
+                          "trained context length: lower it")
+    if not settings.engine_build_on_host and not _cached_build_exists(profile):
+        raise DeployError(
+            f"{host.name}: no engine build for CPU profile {profile.name} on this controller and "
+            "engine_build_on_host is False: deploy first to a host of that profile, or set "
+            "engine_build_on_host = True (compiling takes minutes)")
+    result = Plan(settings, facts, profile, limits, fits, model, model_path,
+                  topology.engine_bind_address())
+    _plans[host.name] = result
+    return result
+
+
+def _cached_build_exists(profile: cpu_profile.CpuProfile) -> bool:
+    from tasks import engine  # engine imports this module for plan()
+    return engine.cached_wheel(engine.build_id(profile)) is not None \
+        or engine.builder_in_this_run(profile) is not None

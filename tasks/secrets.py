@@ -1,0 +1,34 @@
+"""Secrets kept on the controller, never in the repository: the clients' API keys when the data
+gives none, and the backend key that the gateways send and the engines demand."""
+
+import json
+import os
+import secrets as token_source
+from pathlib import Path
+
+SECRETS_DIR = Path(os.environ.get("NAS_AI_SECRETS_DIR", Path.home() / ".config" / "nas-ai"))
+API_KEYS_FILE = SECRETS_DIR / "api-keys.json"
+BACKEND_KEY_FILE = SECRETS_DIR / "backend-key"
+
+
+def _private_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = path.with_suffix(".partial")
+    partial.touch(mode=0o600)
+    partial.write_text(text)
+    partial.rename(path)
+
+
+def api_keys(from_data: dict | None) -> dict[str, str]:
+    """{client name: key}: the data's keys, or one generated key kept in API_KEYS_FILE."""
+    if from_data:
+        return dict(from_data)
+    if not API_KEYS_FILE.exists():
+        _private_write(API_KEYS_FILE, json.dumps({"default": "sk-nas-" + token_source.token_urlsafe(24)}))
+    return json.loads(API_KEYS_FILE.read_text())
+
+
+def backend_key() -> str:
+    if not BACKEND_KEY_FILE.exists():
+        _private_write(BACKEND_KEY_FILE, token_source.token_urlsafe(32) + "\n")
+    return BACKEND_KEY_FILE.read_text().strip()

@@ -1,0 +1,52 @@
+"""Service: the stack's slice with its limits, the engine's config and its hardened unit. The
+engine restarts only when something it runs on changed."""
+
+import json
+
+from pyinfra.operations import files, systemd
+
+from tasks import engine, preflight, secrets
+from tasks.rendering import put_text, render
+
+SLICE_PATH = "/etc/systemd/system/nas-ai.slice"
+UNIT_NAME = "nas-ai-engine.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+
+
+def engine_config() -> dict:
+    plan = preflight.plan()
+    settings = plan.settings
+    return {
+        "host": plan.bind_address,
+        "port": settings.engine_port,
+        "api_key": secrets.backend_key(),
+        "model": {
+            "path": f"{settings.model_store_dir}/{plan.model.name}/current",
+            "alias": plan.model.name,
+            "sha256": plan.model.sha256,
+            "n_ctx": settings.engine_context_size,
+            "n_batch": settings.engine_batch_size,
+            "n_threads": plan.limits.threads,
+        },
+    }
+
+
+def configure(engine_changed: bool, model_changed: bool) -> None:
+    plan = preflight.plan()
+    settings, limits = plan.settings, plan.limits
+    paths = engine.paths()
+    config_path = f"{settings.system_config_dir}/engine.json"
+    slice_op = put_text("Slice nas-ai.slice with the stack's limits", render(
+        "service/nas-ai.slice.j2", memory_high=limits.memory_high, memory_max=limits.memory_max,
+        cpu_quota_percent=limits.cpu_quota_percent), SLICE_PATH, "0644")
+    unit_op = put_text(f"Unit {UNIT_NAME}", render(
+        "service/nas-ai-engine.service.j2", model_name=plan.model.name, user=settings.system_user,
+        app_dir=paths["app"], python=paths["python"], config=config_path, threads=limits.threads,
+        ready_timeout=settings.engine_ready_timeout_s), UNIT_PATH, "0644")
+    # Holds the backend key: readable by the engine's group only.
+    config_op = put_text("Engine config", json.dumps(engine_config(), indent=2, sort_keys=True) + "\n",
+                         config_path, "0640", group=settings.system_user)
+    units_changed = slice_op.will_change or unit_op.will_change
+    restart = units_changed or config_op.will_change or engine_changed or model_changed
+    systemd.service(name="Engine running and enabled", service=UNIT_NAME, running=True,
+                    enabled=True, daemon_reload=units_changed, restarted=restart)
