@@ -30,7 +30,9 @@ def limits(settings: Settings, mem_bytes: int, cpus: int) -> Limits:
     if memory_max > mem_bytes:
         raise DeployError(f"service_memory_max ({memory_max // MIB} MiB) is above the host's RAM "
                           f"({mem_bytes // MIB} MiB)")
-    quota = settings.service_cpu_quota_percent or max(100, cpus * 100 - 50)
+    # The article leaves half a core of four to the NAS itself; a box with fewer than four cores
+    # cannot spare it without halving inference speed.
+    quota = settings.service_cpu_quota_percent or (cpus * 100 - 50 if cpus >= 4 else cpus * 100)
     if not 10 <= quota <= cpus * 100:
         raise DeployError(f"service_cpu_quota_percent {quota} must be between 10 and {cpus * 100} "
                           f"(this host has {cpus} CPUs)")

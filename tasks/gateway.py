@@ -31,9 +31,10 @@ def keys_map(api_keys: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def site_config(settings, upstreams: list[str], backend_key: str, tls: dict | None) -> str:
+def site_config(settings, upstreams: list[str], backend_key: str, tls: dict | None,
+                keys_file: str = KEYS_FILE) -> str:
     return render(
-        "gateway/nas-ai.conf.j2", keys_file=KEYS_FILE, upstreams=upstreams, backend_key=backend_key,
+        "gateway/nas-ai.conf.j2", keys_file=keys_file, upstreams=upstreams, backend_key=backend_key,
         port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
         max_body=settings.gateway_max_body, rate_per_minute=settings.gateway_rate_per_minute,
         rate_burst=settings.gateway_rate_burst, concurrent_per_key=settings.gateway_concurrent_per_key,

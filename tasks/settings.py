@@ -33,7 +33,7 @@ SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     # service
     "service_memory_max": (None, (int, type(None)), "Hard memory limit of the slice in bytes; default 75 % of RAM (6 GB of 8, as in the article)."),
     "service_memory_high": (None, (int, type(None)), "Memory above which the slice is throttled; default 90 % of service_memory_max."),
-    "service_cpu_quota_percent": (None, (int, type(None)), "CPU quota of the slice; default all cores but half of one (350 % on 4 cores, as in the article)."),
+    "service_cpu_quota_percent": (None, (int, type(None)), "CPU quota of the slice; default all cores but half of one from 4 cores up (350 % on 4, as in the article), all cores below."),
     # gateway
     "gateway_port": (80, (int,), "HTTP port of the gateway."),
     "gateway_api_keys": (None, (dict, type(None)), "{name: key} of the clients; default: one key generated on the controller (see README)."),

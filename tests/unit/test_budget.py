@@ -1,0 +1,55 @@
+import pytest
+
+from tasks import budget
+from tasks.settings import DeployError, resolve
+
+GIB = 1 << 30
+SMOLLM2 = {"general.architecture": "llama", "llama.block_count": 30, "llama.embedding_length": 576,
+           "llama.attention.head_count": 9, "llama.attention.head_count_kv": 3}
+
+
+def test_the_articles_nas_gets_its_limits():
+    limits = budget.limits(resolve("nas", {}), 8 * GIB, 4)
+    assert limits.memory_max == 6 * GIB
+    assert limits.memory_high == int(6 * GIB * 0.9) // budget.MIB * budget.MIB
+    assert limits.cpu_quota_percent == 350
+    assert limits.threads == 3
+
+
+def test_a_two_core_box_keeps_both_cores_for_inference():
+    limits = budget.limits(resolve("nas", {}), 8 * GIB, 2)
+    assert (limits.cpu_quota_percent, limits.threads) == (200, 2)
+
+
+def test_overrides_win():
+    limits = budget.limits(resolve("nas", {"service_memory_max": 4 * GIB, "service_cpu_quota_percent": 150,
+                                           "engine_threads": 2}), 8 * GIB, 4)
+    assert (limits.memory_max, limits.cpu_quota_percent, limits.threads) == (4 * GIB, 150, 2)
+
+
+def test_memory_high_above_max_is_refused():
+    with pytest.raises(DeployError, match="service_memory_high .* is above service_memory_max"):
+        budget.limits(resolve("nas", {"service_memory_max": 2 * GIB, "service_memory_high": 3 * GIB}), 8 * GIB, 4)
+
+
+def test_quota_beyond_the_cpus_is_refused():
+    with pytest.raises(DeployError, match="service_cpu_quota_percent 800 must be between 10 and 400"):
+        budget.limits(resolve("nas", {"service_cpu_quota_percent": 800}), 8 * GIB, 4)
+
+
+def test_kv_cache_of_smollm2_at_2048_tokens():
+    # 30 layers x 3 KV heads x (64 + 64) dims x 2 bytes x 2048 positions
+    assert budget.gguf.kv_cache_bytes(SMOLLM2, 2048) == 30 * 3 * 128 * 2 * 2048
+
+
+def test_a_model_that_does_not_fit_is_refused_with_the_figures():
+    with pytest.raises(DeployError) as refused:
+        budget.check_fits(7 * GIB, SMOLLM2, 2048, 1, 5529 * budget.MIB)
+    message = str(refused.value)
+    assert "model 7168 MiB + KV cache 45 MiB + runtime 384 MiB = 7597 MiB against MemoryHigh 5529 MiB" in message
+    assert "lower engine_context_size" in message
+
+
+def test_a_model_that_fits_reports_its_budget():
+    fits = budget.check_fits(100 * budget.MIB, SMOLLM2, 2048, 1, 5 * GIB)
+    assert fits.needed_bytes == 100 * budget.MIB + 45 * budget.MIB + budget.ENGINE_OVERHEAD_BYTES

@@ -1,0 +1,68 @@
+"""The engine's ASGI guard, driven with ASGI messages: what reaches the app and what is refused."""
+
+import asyncio
+import json
+
+from nas_ai_engine.guard import Guard
+
+
+class RecordingApp:
+    """Stands in for llama-cpp-python's app: records the body it was given."""
+
+    def __init__(self):
+        self.bodies = []
+
+    async def __call__(self, scope, receive, send):
+        message = await receive()
+        self.bodies.append(message["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def _request(guard, method, path, body=b""):
+    chunks = [body[:10], body[10:]]
+    sent = []
+
+    async def receive():
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(guard({"type": "http", "method": method, "path": path}, receive, send))
+    status = sent[0]["status"]
+    payload = json.loads(sent[1]["body"]) if sent[1]["body"] else None
+    return status, payload
+
+
+def test_health_answers_without_the_app():
+    app = RecordingApp()
+    status, payload = _request(Guard(app, {"status": "ok", "model": "m"}), "GET", "/health")
+    assert (status, payload["model"], app.bodies) == (200, "m", [])
+
+
+def test_a_broken_grammar_never_reaches_the_engine():
+    app = RecordingApp()
+    body = json.dumps({"messages": [], "grammar": "root ::= ((((("}).encode()
+    status, payload = _request(Guard(app, {}), "POST", "/v1/chat/completions", body)
+    assert status == 400
+    assert payload["error"]["param"] == "grammar"
+    assert "missing `)`" in payload["error"]["message"]
+    assert app.bodies == []
+
+
+def test_a_good_request_reaches_the_engine_whole():
+    app = RecordingApp()
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                       "grammar": 'root ::= "yes" | "no"'}).encode()
+    status, _ = _request(Guard(app, {}), "POST", "/v1/chat/completions", body)
+    assert status == 200
+    assert app.bodies == [body]
+
+
+def test_a_non_string_grammar_is_refused():
+    app = RecordingApp()
+    status, payload = _request(Guard(app, {}), "POST", "/v1/completions",
+                               json.dumps({"prompt": "x", "grammar": {"a": 1}}).encode())
+    assert status == 400 and "must be a string" in payload["error"]["message"]

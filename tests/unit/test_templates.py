@@ -1,0 +1,100 @@
+"""Every template renders, and what it renders passes its daemon's own check."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from tasks import firewall, gateway
+from tasks.rendering import render
+from tasks.settings import DeployError, resolve
+
+needs_nginx = pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed here")
+
+
+def _nginx_test(tmp_path, site: str) -> subprocess.CompletedProcess:
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {tmp_path}/site.conf;\n}}\n")
+    return subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                          capture_output=True, text=True)
+
+
+def _site(tmp_path, data=None, tls=None):
+    keys = tmp_path / "keys.map"
+    keys.write_text(gateway.keys_map({"alice": "sk-alice-0123456789abcdef", "bob": "sk-bob-0123456789abcdefg"}))
+    return gateway.site_config(resolve("nas1", data or {}), ["127.0.0.1:8080", "10.213.0.12:8080"],
+                               "backend-key-xyz", tls, keys_file=str(keys))
+
+
+@needs_nginx
+def test_gateway_config_passes_nginx_t(tmp_path):
+    site = _site(tmp_path)
+    result = _nginx_test(tmp_path, site)
+    assert result.returncode == 0, result.stderr
+    assert "least_conn;" in site and "zone nas_ai_engines" in site
+    assert "server 10.213.0.12:8080 max_fails=3 fail_timeout=30s;" in site
+    assert "rate=10r/m" in site and "burst=5 nodelay" in site
+    assert "limit_conn nas_ai_conn 2;" in site
+    assert "proxy_buffering off;" in site and "server_tokens off;" in site
+    assert "non_idempotent" not in site
+    assert "429 6;" in site  # Retry-After: one request's worth of the 10/minute rate
+
+
+@needs_nginx
+def test_gateway_config_with_tls_passes_nginx_t(tmp_path):
+    cert, key = tmp_path / "c.crt", tmp_path / "c.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=nas1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    site = _site(tmp_path, {"gateway_tls_port": 8443}, {"certificate": str(cert), "key": str(key)})
+    result = _nginx_test(tmp_path, site)
+    assert result.returncode == 0, result.stderr
+    assert "listen 8443 ssl default_server;" in site
+
+
+@needs_nginx
+def test_a_broken_gateway_config_fails_nginx_t(tmp_path):
+    """The check that guards every reload does catch a bad config."""
+    result = _nginx_test(tmp_path, _site(tmp_path).replace("least_conn;", "least_conn"))
+    assert result.returncode != 0
+
+
+def test_api_keys_are_never_in_the_site_config(tmp_path):
+    assert "sk-alice" not in _site(tmp_path)
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"alice": "short"}, "16 or more printable characters"),
+    ({"alice": 'sk-with"quote-0123456789'}, "without spaces, quotes"),
+    ({"al ice": "sk-0123456789abcdef"}, "client name"),
+    ({}, "gateway_api_keys is empty"),
+])
+def test_bad_api_keys_are_refused(keys, message):
+    with pytest.raises(DeployError, match=message):
+        gateway.keys_map(keys)
+
+
+def test_firewall_opens_the_engine_port_to_the_gateways_only():
+    rules = firewall.rules(8080, ["10.213.0.11", "10.213.0.11"])
+    assert 'ip saddr { 10.213.0.11 } tcp dport 8080 accept' in rules
+    assert "tcp dport 8080 reject with tcp reset" in rules
+    assert "flush ruleset" not in rules  # other tables of the host are left alone
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed here")
+def test_engine_unit_is_hardened(tmp_path):
+    unit = tmp_path / "nas-ai-engine.service"
+    unit.write_text(render("service/nas-ai-engine.service.j2", model_name="m", user="nas-ai",
+                           app_dir="/opt/nas-ai/engine/app", python="/usr/bin/python3",
+                           config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300))
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
+                             "--no-pager", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_slice_carries_the_limits():
+    text = render("service/nas-ai.slice.j2", memory_high=5798205849, memory_max=6442450944,
+                  cpu_quota_percent=350)
+    assert "MemoryMax=6442450944" in text and "CPUQuota=350%" in text
