@@ -2,5 +2,17 @@
 
 from inventory.lab_hosts import lab_hosts
 
-inference = lab_hosts("container")
+LAB_DATA = {
+    # A NAS's memory, whatever this machine has.
+    "service_memory_max": 6 * 1024**3,
+    # AVX2 without AVX-512, like the N100-class CPUs of most NAS boxes; one build then also
+    # serves the lab's VMs (qemu TCG offers AVX2, not AVX-512).
+    "engine_cpu_profile_cap": "x86-64-v3",
+    # Tests and load tests share a few keys: let them through the article's 10/minute.
+    "gateway_rate_per_minute": 600,
+    "gateway_rate_burst": 20,
+    "gateway_concurrent_per_key": 4,
+}
+
+inference = lab_hosts("container", **LAB_DATA)
 gateway = inference[:1]

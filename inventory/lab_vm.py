@@ -1,8 +1,16 @@
 """The lab's VM hosts (`python -m lab up --backend vm`): own kernel, enforced cgroup limits.
-Their CPU under TCG is too slow to compile: they take the engine build of their CPU profile
-from the controller's cache (deploy inventory/lab.py first)."""
+Their CPU under TCG emulation is too slow to compile: they install the engine build of their CPU
+profile from the controller's cache (deploy inventory/lab.py first)."""
 
 from inventory.lab_hosts import lab_hosts
 
-inference = lab_hosts("vm", engine_build_on_host=False, engine_ready_timeout_s=1800)
+inference = lab_hosts(
+    "vm",
+    engine_build_on_host=False,
+    engine_cpu_profile_cap="x86-64-v3",
+    # Emulated CPUs load and warm up a model in minutes, not seconds.
+    engine_ready_timeout_s=1800,
+    # Small enough that a test can exceed it on a 4 GB VM.
+    service_memory_max=1024**3,
+)
 gateway = inference[:1]

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from lab import backends, config, image, network, ssh, state
 
@@ -69,6 +70,7 @@ def up(backend: str, nodes: int) -> None:
     for host in starting:
         host.pop("started_at")
     state.save(current)
+    ssh.write_config(list(current["hosts"].values()))
     status()
 
 
@@ -80,10 +82,29 @@ def down() -> None:
         ssh.forget_host(host["address"])
     network.teardown(current)
     config.STATE_FILE.unlink(missing_ok=True)
-    left = network.leftovers()
+    config.SSH_CONFIG.unlink(missing_ok=True)
+    left = leftovers()
     if left:
         sys.exit("lab: down left these behind: " + "; ".join(left))
     print("lab: down; no host, bridge, route or rule of the lab is left", file=sys.stderr)
+
+
+def leftovers() -> list[str]:
+    """Anything of the lab still on the machine: processes, mounts, host overlays, network."""
+    found = network.leftovers()
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and any(a.startswith(b"--machine=lab-") or a == b"lab-vm" or
+                                        (a.startswith(b"lab-") and b"qemu" in argv[0]) for a in argv):
+            found.append(f"process {entry.name} {argv[0].decode(errors='replace')}")
+    mounts = Path("/proc/mounts").read_text()
+    found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if str(config.HOSTS_DIR) in line]
+    if config.HOSTS_DIR.exists():
+        found += [f"host directory {d}" for d in config.HOSTS_DIR.iterdir()]
+    return found
 
 
 def status() -> None:

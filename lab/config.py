@@ -36,6 +36,7 @@ HOSTS_DIR = HOME / "hosts"
 SSH_DIR = HOME / "ssh"
 SSH_KEY = SSH_DIR / "id_ed25519"
 KNOWN_HOSTS = SSH_DIR / "known_hosts"
+SSH_CONFIG = SSH_DIR / "config"  # `ssh -F` it to reach lab hosts by name
 STATE_FILE = HOME / "lab.json"
 
 

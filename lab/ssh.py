@@ -40,3 +40,12 @@ def system_state(address: str) -> str | None:
     if result.returncode == 255:
         return None
     return result.stdout.strip() or None
+
+
+def write_config(hosts: list[dict]) -> None:
+    """An ssh_config naming every lab host, for `ssh -F`, testinfra and other tools."""
+    blocks = [f"Host {h['name']}\n    HostName {h['address']}\n    User {config.DEPLOY_USER}\n"
+              f"    IdentityFile {config.SSH_KEY}\n    IdentitiesOnly yes\n"
+              f"    UserKnownHostsFile {config.KNOWN_HOSTS}\n    StrictHostKeyChecking accept-new\n"
+              f"    BatchMode yes\n    LogLevel ERROR\n" for h in hosts]
+    config.SSH_CONFIG.write_text("\n".join(blocks))

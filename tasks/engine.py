@@ -57,22 +57,28 @@ def paths() -> dict[str, str]:
     }
 
 
-def _share_wheel(wheels_dir: str, build: str, builder: bool) -> None:
-    """Execute time. On the builder: keep its verified wheel on the controller. On the others
-    (this op runs after the builder's, as both hosts' op sequences share it): upload that wheel."""
-    sudo = bool(host.data.get("_sudo", False))
-    if builder:
-        ok, output = host.run_shell_command(f"ls {wheels_dir}/*.whl", _sudo=sudo)
-        if not ok:
-            raise OperationError(f"no wheel in {wheels_dir} on {host.name}")
-        remote = output.stdout_lines[0].strip()
-        target = CACHE_DIR / build / Path(remote).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        if not host.get_file(remote, str(partial), _sudo=sudo):
-            raise OperationError(f"download of {remote} from {host.name} failed")
-        partial.rename(target)
+def _keep_wheel(wheels_dir: str, build: str, builder: bool) -> None:
+    """Execute time, on the builder: keep its verified wheel on the controller."""
+    if not builder:
         return
+    sudo = bool(host.data.get("_sudo", False))
+    ok, output = host.run_shell_command(f"ls {wheels_dir}/*.whl", _sudo=sudo)
+    if not ok:
+        raise OperationError(f"no wheel in {wheels_dir} on {host.name}")
+    remote = output.stdout_lines[0].strip()
+    target = CACHE_DIR / build / Path(remote).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    if not host.get_file(remote, str(partial), _sudo=sudo):
+        raise OperationError(f"download of {remote} from {host.name} failed")
+    partial.rename(target)
+
+
+def _upload_wheel(wheels_dir: str, build: str, builder: bool) -> None:
+    """Execute time, on the other hosts of the profile: upload the wheel the builder kept."""
+    if builder:
+        return
+    sudo = bool(host.data.get("_sudo", False))
     wheel = cached_wheel(build)
     if wheel is None:
         raise OperationError(f"no engine build {build} on the controller: its build host "
@@ -139,9 +145,12 @@ CMAKE_ARGS={cmake} CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) {p['engine']}/buildenv/bi
     -w {p['wheels']} {ENGINE_PACKAGE}=={ENGINE_VERSION}
 rm -rf {p['engine']}/buildenv"""])
             _install_verified(p, plan.model_path)
-        # One op in every installing host's sequence, so it runs after the builder's install.
-        python.call(name="Share the engine build of this CPU profile through the controller",
-                    function=_share_wheel, wheels_dir=p["wheels"], build=build, builder=builder)
+        # Both ops are in every installing host's sequence (each acts on its own hosts), so
+        # pyinfra runs them in this order: the builder's install, keep, upload, the others' install.
+        python.call(name="Keep the verified engine build on the controller",
+                    function=_keep_wheel, wheels_dir=p["wheels"], build=build, builder=builder)
+        python.call(name="Upload the engine build of this CPU profile",
+                    function=_upload_wheel, wheels_dir=p["wheels"], build=build, builder=builder)
         if not builder:
             _install_verified(p, plan.model_path)
 

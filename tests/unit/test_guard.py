@@ -66,3 +66,11 @@ def test_a_non_string_grammar_is_refused():
     status, payload = _request(Guard(app, {}), "POST", "/v1/completions",
                                json.dumps({"prompt": "x", "grammar": {"a": 1}}).encode())
     assert status == 400 and "must be a string" in payload["error"]["message"]
+
+
+def test_embeddings_get_a_clear_refusal_instead_of_a_500():
+    app = RecordingApp()
+    status, payload = _request(Guard(app, {"model": "smollm2"}), "POST", "/v1/embeddings",
+                               json.dumps({"input": "hello"}).encode())
+    assert status == 400 and "serves no embeddings" in payload["error"]["message"]
+    assert app.bodies == []

@@ -34,6 +34,11 @@ class Guard:
             # Answered here, never behind llama-cpp-python's lock: the model loaded and warmed
             # up before the port opened, so an answer means ready.
             return await _send_json(send, 200, self.health)
+        if scope["path"] == "/v1/embeddings":
+            # The chat model is loaded for generation; llama-cpp-python would answer with a 500.
+            return await _send_json(send, 400, _invalid(
+                f"model `{self.health.get('model')}` on this service serves no embeddings; "
+                "it generates text through /v1/chat/completions and /v1/completions", "model"))
         if scope["method"] != "POST" or scope["path"] not in GUARDED_PATHS:
             return await self.app(scope, receive, send)
 

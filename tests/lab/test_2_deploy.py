@@ -1,0 +1,39 @@
+"""The deploy onto two lab hosts: it converges, a second run changes nothing, and bad data is
+refused before any host is touched."""
+
+import hashlib
+
+import pytest
+
+from tests.lab.conftest import changed_operations, deploy
+
+pytestmark = pytest.mark.lab
+
+
+def test_first_deploy_converges(deployment):
+    first = deployment["first"]
+    print(f"first deploy: {changed_operations(first.stdout + first.stderr)} operations changed in {deployment['seconds'][0]:.0f} s; "
+          f"second: {deployment['seconds'][1]:.1f} s")
+    assert first.returncode == 0
+
+
+def test_second_deploy_reports_no_changes(deployment):
+    output = deployment["second"].stdout + deployment["second"].stderr
+    assert changed_operations(output) == 0, output[-4000:]
+
+
+@pytest.mark.parametrize("data, message", [
+    (["--data", "engine_thread=2"], "unknown data key `engine_thread`; did you mean `engine_threads`?"),
+    (["--data", "engine_port=eighty"], "data key `engine_port` must be int, got str 'eighty'"),
+    (["--data", "model_source=/etc/hostname"], "model_sha256 is required for model_source `/etc/hostname`"),
+    (["--data", "service_memory_max=536870912"], "the model does not fit: model 94 MiB + KV cache 45 MiB"),
+    (["--data", "engine_cpu_profile_cap=x86-64-v2"], "this x86_64 CPU has no AVX2"),
+    (["--data", "model_source=/etc/hostname",
+      "--data", "model_sha256=" + hashlib.sha256(b"x").hexdigest()], "sha256 is "),
+])
+def test_bad_data_is_refused_before_any_change(deployment, data, message):
+    result = deploy("inventory/lab.py", *data)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-3000:]
+    assert "--> Starting operation" not in output  # refused in preflight: no host was touched

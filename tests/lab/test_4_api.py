@@ -1,0 +1,118 @@
+"""The service as its users reach it: the real `openai` package through the gateway."""
+
+import concurrent.futures
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.lab.conftest import lab_host
+
+pytestmark = pytest.mark.lab
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def client(gateway_url, api_key):
+    return openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+
+def test_chat_completion(client):
+    reply = client.chat.completions.create(
+        model=MODEL, max_tokens=24, messages=[{"role": "user", "content": "Name a colour."}])
+    assert reply.choices[0].message.content.strip()
+    assert reply.usage.completion_tokens >= 1
+
+
+def test_streamed_chat_arrives_as_it_is_generated(client):
+    arrivals = []
+    stream = client.chat.completions.create(
+        model=MODEL, max_tokens=48, stream=True, temperature=0,
+        messages=[{"role": "user", "content": "Count from one to twenty in words."}])
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic())
+    assert len(arrivals) >= 10
+    # Buffered by a proxy, every chunk would land at once; streamed, they spread over the answer.
+    spread = arrivals[-1] - arrivals[0]
+    assert spread > 0.05 and len({round(t, 3) for t in arrivals}) > len(arrivals) // 2
+
+
+def test_models_lists_the_served_model(client):
+    assert [model.id for model in client.models.list()] == [MODEL]
+
+
+def test_embeddings_get_a_clear_error(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model=MODEL, input="hello")
+    assert "serves no embeddings" in str(refused.value)
+
+
+def test_requests_spread_over_both_nodes(client, deployment):
+    for _ in range(6):
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
+    gateway = lab_host(deployment["groups"]["gateway"][0][0])
+    lines = gateway.check_output("tail -n 6 /var/log/nginx/nas-ai.access.log").splitlines()
+    upstreams = {json.loads(line)["upstream"] for line in lines}
+    expected = {"127.0.0.1:8080"} | {f"{data['ssh_hostname']}:8080" for _, data in deployment["groups"]["inference"][1:]}
+    assert upstreams == expected
+
+
+def test_wrong_key_gets_401(gateway_url):
+    bad = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="sk-not-a-key-of-this-nas", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        bad.models.list()
+    assert refused.value.status_code == 401
+    assert httpx.get(f"{gateway_url}/v1/models").status_code == 401  # no key at all
+
+
+def test_too_large_body_gets_413(gateway_url, api_key):
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "x" * (2 << 20)}]})
+    assert response.status_code == 413
+    assert "larger than" in response.json()["error"]["message"]
+
+
+def test_malformed_grammar_gets_400_and_the_engine_lives(gateway_url, api_key, deployment):
+    hosts = [lab_host(name) for name, _ in deployment["groups"]["inference"]]
+    restarts = [h.check_output("systemctl show -p NRestarts --value nas-ai-engine") for h in hosts]
+    for _ in range(len(hosts)):  # reach every engine
+        response = httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
+                              json={"model": MODEL, "max_tokens": 4, "grammar": "root ::= ((((((",
+                                    "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+        assert response.status_code == 400
+        assert "grammar" in response.json()["error"]["message"]
+    assert [h.check_output("systemctl show -p NRestarts --value nas-ai-engine") for h in hosts] == restarts
+
+
+def test_too_many_requests_at_once_get_429_with_retry_after(gateway_url, api_key, deployment):
+    allowed = 4  # gateway_concurrent_per_key of the lab inventory
+
+    def long_stream():
+        with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", timeout=120,
+                          headers={"Authorization": f"Bearer {api_key}"},
+                          json={"model": MODEL, "max_tokens": 64, "stream": True,
+                                "messages": [{"role": "user", "content": "Tell a story."}]}) as response:
+            response.read()
+            return response.status_code, response.headers.get("retry-after")
+
+    with concurrent.futures.ThreadPoolExecutor(allowed + 2) as pool:
+        results = list(pool.map(lambda _: long_stream(), range(allowed + 2)))
+    refused = [r for r in results if r[0] == 429]
+    assert refused and all(retry_after for _, retry_after in refused), results
+    assert sum(1 for status, _ in results if status == 200) >= allowed - 1
+
+
+def test_too_fast_requests_get_429_with_retry_after(gateway_url, api_key):
+    statuses = []
+    with httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=30) as http:
+        for _ in range(60):  # far above the burst of 20 within a second or two
+            response = http.get(f"{gateway_url}/v1/models")
+            statuses.append((response.status_code, response.headers.get("retry-after")))
+            if response.status_code == 429:
+                break
+    assert statuses[-1][0] == 429 and statuses[-1][1], statuses
+    assert response.json()["error"]["type"] == "rate_limit_error"
+    time.sleep(3)  # let the bucket refill for later tests
