@@ -46,10 +46,21 @@ def _check_os(facts: dict) -> None:
         raise DeployError(f"{host.name}: systemd is not running; the stack needs it for its units")
 
 
+def _check_cgroups(facts: dict, settings: Settings) -> None:
+    if facts["cgroup_fs"] != "cgroup2fs" and not settings.preflight_allow_cgroup_v1:
+        found = facts["cgroup_fs"] or "nothing"
+        raise DeployError(
+            f"{host.name}: cgroup v2 is not mounted at /sys/fs/cgroup (found {found}): the "
+            "slice's MemoryHigh and memory accounting need it. Boot with "
+            "systemd.unified_cgroup_hierarchy=1, or set preflight_allow_cgroup_v1 = True to "
+            "deploy with weaker limits")
+
+
 def check() -> Plan:
     settings = resolve(host.name, host.data.dict())
     facts = host.get_fact(NasHost, store_dir=settings.model_store_dir)
     _check_os(facts)
+    _check_cgroups(facts, settings)
     profile = cpu_profile.select(f"{facts['os_id']}{facts['os_version'].split('.')[0]}",
                                  facts["arch"], facts["cpu_flags"], settings.engine_cpu_profile_cap)
     if not profile.has_avx2 and not settings.preflight_allow_without_avx2:

@@ -11,6 +11,7 @@ from typing import Any
 SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     # preflight
     "preflight_allow_without_avx2": (False, (bool,), "Deploy on x86_64 without AVX2 anyway (decode is several times slower)."),
+    "preflight_allow_cgroup_v1": (False, (bool,), "Deploy on a host with the legacy cgroup v1 hierarchy, where MemoryHigh is not enforced."),
     # system
     "system_user": ("nas-ai", (str,), "System user (no login shell) that runs the engine."),
     "system_swappiness": (10, (int,), "vm.swappiness: keep model pages and the KV cache in RAM (the article's value)."),

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole stack on this machine: two lab hosts (containers), deployed with the bundled model.
+# Prints the endpoint, an API key and a sample request. `sudo .venv/bin/python -m lab down` ends it.
+set -euo pipefail
+cd "$(dirname "$0")"
+./setup.sh
+.venv/bin/python -m lab up --nodes 2
+.venv/bin/pyinfra -y inventory/lab.py deploy.py
+endpoint=$(.venv/bin/python -c "
+import runpy; print('http://' + runpy.run_path('inventory/lab.py')['gateway'][0][1]['ssh_hostname'] + '/v1')")
+key=$(.venv/bin/python -c "from tasks import secrets; print(next(iter(secrets.api_keys(None).values())))")
+cat <<TXT
+
+The NAS AI assistant is up.
+  endpoint: $endpoint
+  API key:  $key
+  model:    smollm2-135m-instruct
+
+Try it:
+  curl $endpoint/chat/completions -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\
+    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hello!"}]}'
+TXT
