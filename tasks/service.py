@@ -8,7 +8,8 @@ from pyinfra.operations import files, systemd
 from tasks import engine, preflight, secrets
 from tasks.rendering import put_text, render
 
-SLICE_PATH = "/etc/systemd/system/nas-ai.slice"
+# No dash: systemd reads "nas-ai.slice" as a child of "nas.slice".
+SLICE_PATH = "/etc/systemd/system/nasai.slice"
 UNIT_NAME = "nas-ai-engine.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 
@@ -36,8 +37,8 @@ def configure(engine_changed: bool, model_changed: bool) -> None:
     settings, limits = plan.settings, plan.limits
     paths = engine.paths()
     config_path = f"{settings.system_config_dir}/engine.json"
-    slice_op = put_text("Slice nas-ai.slice with the stack's limits", render(
-        "service/nas-ai.slice.j2", memory_high=limits.memory_high, memory_max=limits.memory_max,
+    slice_op = put_text("Slice nasai.slice with the stack's limits", render(
+        "service/nasai.slice.j2", memory_high=limits.memory_high, memory_max=limits.memory_max,
         cpu_quota_percent=limits.cpu_quota_percent), SLICE_PATH, "0644")
     unit_op = put_text(f"Unit {UNIT_NAME}", render(
         "service/nas-ai-engine.service.j2", model_name=plan.model.name, user=settings.system_user,

@@ -52,12 +52,12 @@ def test_engine_listens_only_where_the_gateway_reaches_it(node, topology):
 
 def test_slice_limits_and_unit_properties(node):
     name, host = node
-    slice_props = host.check_output("systemctl show nas-ai.slice -p MemoryMax -p MemoryHigh -p CPUQuotaPerSecUSec")
+    slice_props = host.check_output("systemctl show nasai.slice -p MemoryMax -p MemoryHigh -p CPUQuotaPerSecUSec")
     assert f"MemoryMax={6 * 1024**3}" in slice_props
     assert f"MemoryHigh={int(6 * 1024**3 * 0.9) // 2**20 * 2**20}" in slice_props
     assert "CPUQuotaPerSecUSec=2s" in slice_props  # 2 cores: both
     unit = host.check_output("systemctl show nas-ai-engine -p Slice -p User -p Restart -p OOMPolicy -p NRestarts")
-    for expected in ("Slice=nas-ai.slice", "User=nas-ai", "Restart=on-failure", "OOMPolicy=kill", "NRestarts=0"):
+    for expected in ("Slice=nasai.slice", "User=nas-ai", "Restart=on-failure", "OOMPolicy=kill", "NRestarts=0"):
         assert expected in unit, unit
 
 

@@ -81,7 +81,7 @@ def test_exceeding_memory_max_kills_the_engine_alone_and_it_restarts(vm_stack, a
     show = "systemctl show -p {} --value {}".format
     restarts = int(host.check_output(show("NRestarts", "nas-ai-engine")))
     others = {unit: host.check_output(show("MainPID", unit)) for unit in ("nginx", "ssh")}
-    cgroup = "/sys/fs/cgroup/nas-ai.slice/nas-ai-engine.service/cgroup.procs"
+    cgroup = "/sys/fs/cgroup/nasai.slice/nas-ai-engine.service/cgroup.procs"
     # A process inside the engine's unit that wants 2 GiB against the slice's 1 GiB MemoryMax.
     hog = host.run(f"sh -c 'echo $$ > {cgroup} && exec python3 -c \"b = bytearray(2 << 30)\"'")
     assert hog.rc != 0  # killed
@@ -99,7 +99,8 @@ def test_the_stack_is_back_after_a_reboot(vm_stack, api_key):
     host.run("systemctl reboot")
     _wait(lambda: host.check_output("cat /proc/sys/kernel/random/boot_id") not in ("", boot_id), 900,
           "the VM to boot again")
-    _wait(lambda: host.run("systemctl is-active nas-ai-engine nginx nas-ai-firewall").rc == 0, SLOW_S,
+    units = "nas-ai-engine nginx nas-ai-firewall"
+    _wait(lambda: set(host.run(f"systemctl is-active {units}").stdout.split()) == {"active"}, SLOW_S,
           "the stack to start after the reboot")
     assert host.sysctl("vm.swappiness") == 10
     response = _complete(vm_stack["address"], api_key)
