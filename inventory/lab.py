@@ -14,7 +14,7 @@ LAB_DATA = {
     # Tests and load tests share a few keys: let them through the article's 10/minute.
     "gateway_rate_per_minute": 600,
     "gateway_rate_burst": 20,
-    "gateway_concurrent_per_key": 4,
+    "gateway_concurrent_per_key": 8,
 }
 
 inference = lab_hosts("container", **LAB_DATA)

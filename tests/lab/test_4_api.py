@@ -88,7 +88,7 @@ def test_malformed_grammar_gets_400_and_the_engine_lives(gateway_url, api_key, d
 
 
 def test_too_many_requests_at_once_get_429_with_retry_after(gateway_url, api_key, deployment):
-    allowed = 4  # gateway_concurrent_per_key of the lab inventory
+    allowed = deployment["groups"]["gateway"][0][1]["gateway_concurrent_per_key"]
 
     def long_stream():
         with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", timeout=120,

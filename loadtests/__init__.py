@@ -1,0 +1,1 @@
+"""Load tests that speak LLM: Locust against any OpenAI-compatible endpoint."""

@@ -1,0 +1,87 @@
+"""`python -m loadtests.capacity --host URL`: how many requests a day this endpoint sustains.
+
+Users rise in steps (1, 2, 4, ... each held --step-seconds so it is steady); each step is a
+headless Locust run with the SLO gate of locustfile.py. The finder stops at the first step that
+breaks the SLO, or at the time or request bound, and reports the highest sustained rate as
+requests per day against the article's plan of 500 a day.
+"""
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+ARTICLE_REQUESTS_PER_DAY = 500
+
+
+def step_figures(prefix: Path, seconds: float) -> dict:
+    with open(f"{prefix}_stats.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    requests = [r for r in rows if r["Type"] == "POST"]
+    count = sum(int(r["Request Count"]) for r in requests)
+    failures = sum(int(r["Failure Count"]) for r in requests)
+    tokens = sum(int(r["Request Count"]) * float(r["Average Content Size"]) for r in requests)
+    ttft = next((r for r in rows if r["Name"] == "time_to_first_token"), None)
+    return {"requests": count, "failures": failures, "rate": count / seconds,
+            "tokens_per_s": tokens / seconds,
+            "ttft_p99_ms": float(ttft["99%"]) if ttft and ttft["99%"] not in ("", "N/A") else None}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--api-key", default=None, help="default: NAS_AI_API_KEY / OPENAI_API_KEY")
+    parser.add_argument("--users", default="1,2,4,8", help="user counts of the steps, rising")
+    parser.add_argument("--step-seconds", type=int, default=60)
+    parser.add_argument("--max-seconds", type=int, default=600, help="bound on the whole search")
+    parser.add_argument("--max-requests-per-step", type=int, default=2000)
+    parser.add_argument("--think-time", type=float, default=1.0)
+    parser.add_argument("--out", default="reports/capacity")
+    args, locust_extra = parser.parse_known_args(argv)  # e.g. --slo-short-question-ms 2000
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.max_seconds
+    best, results = None, []
+    print(f"{'users':>5} {'req/s':>7} {'tokens/s':>9} {'ttft p99 ms':>11} {'failures':>8}  SLO")
+    for users in [int(u) for u in args.users.split(",")]:
+        if time.monotonic() + args.step_seconds + 60 > deadline:
+            print(f"stopping: a step of {users} users would pass the {args.max_seconds} s bound")
+            break
+        prefix = out / f"users{users}"
+        command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", args.host,
+                   "--headless", "-u", str(users), "-r", str(users), "-t", f"{args.step_seconds}s",
+                   "--stop-timeout", "60", "--csv", str(prefix), "--only-summary",
+                   "--max-requests", str(args.max_requests_per_step), "--think-time", str(args.think_time),
+                   "--loglevel", "WARNING", *locust_extra]
+        if args.api_key:
+            command += ["--api-key", args.api_key]
+        started = time.monotonic()
+        run = subprocess.run(command, capture_output=True, text=True)
+        figures = step_figures(prefix, min(time.monotonic() - started, args.step_seconds))
+        held = run.returncode == 0
+        ttft = f"{figures['ttft_p99_ms']:.0f}" if figures["ttft_p99_ms"] is not None else "-"
+        print(f"{users:>5} {figures['rate']:>7.2f} {figures['tokens_per_s']:>9.1f} {ttft:>11} "
+              f"{figures['failures']:>8}  {'met' if held else 'broken'}")
+        if not held:
+            for line in run.stderr.splitlines():
+                if line.startswith("SLO broken"):
+                    print(f"      {line}")
+            break
+        best = (users, figures)
+    if best is None:
+        print("capacity: not even the first step met the SLO")
+        return 1
+    users, figures = best
+    per_day = figures["rate"] * 86400
+    print(f"capacity: {figures['rate']:.2f} requests/s sustained with {users} concurrent users = "
+          f"{per_day:,.0f} requests/day, {per_day / ARTICLE_REQUESTS_PER_DAY:,.0f}x the article's "
+          f"{ARTICLE_REQUESTS_PER_DAY} a day")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+import random
+
+from locust.stats import RequestStats
+
+from loadtests import slo, workload
+
+
+def test_workload_has_the_three_kinds_of_a_nas_assistants_day():
+    kinds = {k.name: k for k in workload.load()}
+    assert set(kinds) == {"short_question", "summary", "chat"}
+    assert kinds["short_question"].slo and not kinds["summary"].slo
+    document = kinds["summary"].conversations[0][0]["content"]
+    assert 600 <= len(document.split()) <= 900  # about 1,000 tokens
+    assert all(len(c) >= 3 for c in kinds["chat"].conversations)  # history, then the new question
+
+
+def test_pick_follows_the_weights():
+    kinds = workload.load()
+    rng = random.Random(7)
+    picks = [workload.pick(kinds, rng)[0].name for _ in range(5000)]
+    share = picks.count("short_question") / len(picks)
+    assert 0.55 < share < 0.65  # weight 6 of 10
+
+
+THRESHOLDS = slo.Thresholds(short_question_ms=3000, short_question_percentile=95, ttft_p99_ms=2000,
+                            max_failure_ratio=0.01)
+
+
+def _stats(short_ms: float, ttft_ms: float, failures: int = 0) -> RequestStats:
+    stats = RequestStats()
+    for _ in range(100):
+        stats.log_request("POST", "short_question stream", short_ms, 40)
+        stats.log_request("POST", "summary stream", 9000, 160)
+        stats.log_request("METRIC", "time_to_first_token", ttft_ms, 0)
+    for _ in range(failures):
+        stats.log_error("POST", "short_question stream", "HTTP 503")
+        stats.log_request("POST", "short_question stream", 10, 0)
+    return stats
+
+
+def test_a_run_within_the_slo_passes():
+    assert slo.broken(_stats(900, 300), THRESHOLDS, ["short_question"]) == []
+
+
+def test_slow_short_questions_break_the_slo():
+    problems = slo.broken(_stats(3500, 300), THRESHOLDS, ["short_question"])
+    assert problems == ["short_question stream: p95 total time 3500 ms > 3000 ms"]
+
+
+def test_slow_first_tokens_and_failures_break_the_slo():
+    problems = slo.broken(_stats(900, 2500, failures=10), THRESHOLDS, ["short_question"])
+    assert any(p.startswith("failure ratio") for p in problems)
+    assert "time_to_first_token: p99 2500 ms > 2000 ms" in problems
+
+
+def test_an_empty_run_is_no_pass():
+    assert slo.broken(RequestStats(), THRESHOLDS, ["short_question"]) == ["no request completed: nothing to judge"]
