@@ -5,8 +5,8 @@
         --csv reports/run --csv-full-history --html reports/run.html      # with the SLO gate
 
 Each request row is a workload kind (`short_question stream`, `summary plain`, ...) timed to the
-end of the answer; rows of type METRIC carry time_to_first_token and inter_token_latency (ms)
-and tokens_per_second (the value in the time columns is tokens/s), so the web UI, --csv and
+end of the answer; rows of type METRIC carry `time_to_first_token <kind>` and
+inter_token_latency (ms) and tokens_per_second (the value in the time columns is tokens/s), so the web UI, --csv and
 --html show their percentiles. The API key comes from --api-key or NAS_AI_API_KEY /
 OPENAI_API_KEY; the model from --model or the server's /v1/models.
 """
@@ -30,7 +30,7 @@ KINDS = workload.load()
 
 @events.init_command_line_parser.add_listener
 def _options(parser):
-    group = parser.add_argument_group("LLM")
+    group = parser  # Locust's own parser: its options reach the web UI's custom parameters
     group.add_argument("--api-key", default=os.environ.get("NAS_AI_API_KEY") or os.environ.get("OPENAI_API_KEY", ""),
                        include_in_web_ui=False, help="API key of the endpoint")
     group.add_argument("--model", default="", help="model name; default: the first of /v1/models")
@@ -121,7 +121,8 @@ class NasAssistantUser(User):
             return
         self._fire("POST", name, figures.total_s * 1000, figures.output_tokens)
         if figures.ttft_s is not None:
-            self._fire("METRIC", "time_to_first_token", figures.ttft_s * 1000)
+            # Per kind: a 1,000-token summary's prompt takes far longer than a short question's.
+            self._fire("METRIC", f"time_to_first_token {kind.name}", figures.ttft_s * 1000)
         if figures.tokens_per_second:
             self._fire("METRIC", "tokens_per_second", figures.tokens_per_second, figures.output_tokens)
             self._fire("METRIC", "inter_token_latency", figures.inter_token_latency_s * 1000)

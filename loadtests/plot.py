@@ -26,8 +26,8 @@ def plot(prefix: str) -> Path:
         raise SystemExit(f"{history} has no rows: was the run started with --csv-full-history?")
     figure, (ttft_axes, speed_axes) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for column in ("50%", "95%", "99%"):
-        ttft_axes.plot(*_series(rows, "time_to_first_token", column), label=f"p{column[:-1]}")
-    ttft_axes.set_ylabel("time to first token (ms)")
+        ttft_axes.plot(*_series(rows, "time_to_first_token short_question", column), label=f"p{column[:-1]}")
+    ttft_axes.set_ylabel("time to first token,\nshort questions (ms)")
     ttft_axes.legend(loc="upper left")
     ttft_axes.grid(alpha=0.3)
     for column in ("50%", "95%"):

@@ -25,16 +25,16 @@ def _env(api_key: str) -> dict:
 
 def test_headless_run_meets_the_slo_and_leaves_reports(gateway_url, api_key, tmp_path):
     prefix = tmp_path / "run"
-    run = subprocess.run([*LOCUST, "--host", gateway_url, "--headless", "-u", "3", "-r", "3", "-t", "45s",
+    run = subprocess.run([*LOCUST, "--host", gateway_url, "--headless", "-u", "2", "-r", "2", "-t", "45s",
                           "--max-requests", "300", "--csv", str(prefix), "--csv-full-history",
                           "--html", f"{prefix}.html", "--only-summary"],
                          env=_env(api_key), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SLO met" in run.stderr
     stats = Path(f"{prefix}_stats.csv").read_text()
-    for row in ("short_question", "time_to_first_token", "tokens_per_second", "inter_token_latency"):
+    for row in ("short_question", "time_to_first_token short_question", "tokens_per_second", "inter_token_latency"):
         assert row in stats
-    assert "time_to_first_token" in Path(f"{prefix}.html").read_text()
+    assert "time_to_first_token short_question" in Path(f"{prefix}.html").read_text()
     plot = subprocess.run([sys.executable, "-m", "loadtests.plot", str(prefix)], cwd=ROOT,
                           capture_output=True, text=True)
     assert plot.returncode == 0, plot.stderr
@@ -76,10 +76,10 @@ def test_web_ui_drives_a_run_and_shows_llm_figures(gateway_url, api_key):
             time.sleep(1)
             rows = httpx.get(f"{base}/stats/requests").json()["stats"]
             names = {row["name"] for row in rows}
-            if {"time_to_first_token", "tokens_per_second"} <= names:
+            if any(n.startswith("time_to_first_token") for n in names) and "tokens_per_second" in names:
                 break
-        assert {"time_to_first_token", "tokens_per_second"} <= {row["name"] for row in rows}, rows
-        ttft = next(row for row in rows if row["name"] == "time_to_first_token")
+        ttft = next(row for row in rows if row["name"].startswith("time_to_first_token"))
+        assert "tokens_per_second" in {row["name"] for row in rows}
         assert ttft["num_requests"] >= 1 and ttft["median_response_time"] > 0
         httpx.get(f"{base}/stop")
     finally:
