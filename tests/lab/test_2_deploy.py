@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from tests.lab.conftest import changed_operations, deploy
+from tests.lab.conftest import changed_operations, deploy, lab_host
 
 pytestmark = pytest.mark.lab
 
@@ -37,3 +37,20 @@ def test_bad_data_is_refused_before_any_change(deployment, data, message):
     assert result.returncode != 0
     assert message in output, output[-3000:]
     assert "--> Starting operation" not in output  # refused in preflight: no host was touched
+
+
+def test_a_gateway_change_reloads_nginx_and_leaves_the_engines_alone(deployment):
+    gateway = lab_host(deployment["groups"]["gateway"][0][0])
+    engines = [lab_host(name) for name, _ in deployment["groups"]["inference"]]
+    main_pids = [h.check_output("systemctl show -p MainPID --value nas-ai-engine") for h in engines]
+    nginx_pid = gateway.check_output("systemctl show -p MainPID --value nginx")
+    rate = deployment["groups"]["gateway"][0][1]["gateway_rate_per_minute"]
+    try:
+        changed = deploy("inventory/lab.py", "--data", f"gateway_rate_per_minute={rate + 1}")
+        assert changed.returncode == 0, changed.stdout[-3000:]
+        assert f"rate={rate + 1}r/m" in gateway.check_output("cat /etc/nginx/conf.d/nas-ai.conf")
+    finally:
+        restored = deploy("inventory/lab.py")
+    assert restored.returncode == 0
+    assert [h.check_output("systemctl show -p MainPID --value nas-ai-engine") for h in engines] == main_pids
+    assert gateway.check_output("systemctl show -p MainPID --value nginx") == nginx_pid  # reloaded, not restarted
