@@ -2,7 +2,9 @@
 refused before any host is touched."""
 
 import hashlib
+import ssl
 
+import httpx
 import pytest
 
 from tests.lab.conftest import changed_operations, deploy, lab_host
@@ -54,3 +56,21 @@ def test_a_gateway_change_reloads_nginx_and_leaves_the_engines_alone(deployment)
     assert restored.returncode == 0
     assert [h.check_output("systemctl show -p MainPID --value nas-ai-engine") for h in engines] == main_pids
     assert gateway.check_output("systemctl show -p MainPID --value nginx") == nginx_pid  # reloaded, not restarted
+
+
+def test_tls_with_a_generated_certificate(deployment, api_key, tmp_path):
+    name, data = deployment["groups"]["gateway"][0]
+    gateway = lab_host(name)
+    try:
+        with_tls = deploy("inventory/lab.py", "--data", "gateway_tls=self-signed")
+        assert with_tls.returncode == 0, with_tls.stdout[-3000:]
+        certificate = tmp_path / "gateway.crt"
+        certificate.write_text(gateway.check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
+        assert gateway.file("/etc/nginx/nas-ai/self-signed.key").mode == 0o600
+        response = httpx.get(f"https://{data['ssh_hostname']}/v1/models", verify=ssl.create_default_context(cafile=str(certificate)),
+                             headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+        assert response.status_code == 200
+        assert response.json()["data"][0]["id"] == "smollm2-135m-instruct"
+    finally:
+        assert deploy("inventory/lab.py").returncode == 0
+    assert gateway.run(f"python3 -c \"import socket; socket.create_connection(('{data['ssh_hostname']}', 443), 3)\"").rc != 0
