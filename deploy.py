@@ -1,14 +1,18 @@
 """The NAS AI assistant, deployed in the order it runs on each host:
 `pyinfra inventory/<yours>.py deploy.py`."""
 
-from tasks import engine, firewall, gateway, model_store, preflight, service, system, topology
+from tasks import engine, firewall, gateway, model_store, monitoring, preflight, service, system, topology
 
 preflight.check()                  # facts and data of every host, before any change
 system.configure()                 # sysctl, system user, directories
 if topology.is_inference():
     model_changed = model_store.install()   # <store>/<name>/<sha256>.gguf and `current`
     engine_changed = engine.install()       # per-CPU-profile build, proven by an inference
-    firewall.configure()                    # engine port open to the gateways alone
+firewall.configure()               # engine and exporter ports open to their callers alone
+if topology.is_inference():
     service.configure(engine_changed, model_changed)  # slice limits, hardened unit
 if topology.is_gateway():
     gateway.configure()            # nginx: keys, limits, streaming, least_conn upstream
+monitoring.exporters()             # node_exporter everywhere, nginx exporter on gateways
+if topology.is_monitoring():
+    monitoring.server()            # Prometheus and Alertmanager, targets from the inventory

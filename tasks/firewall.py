@@ -1,4 +1,5 @@
-"""Host firewall (nftables): the engine's port accepts the gateway hosts and loopback, nothing else."""
+"""Host firewall (nftables): the engine's port accepts its callers (gateways, Prometheus), the
+exporters' ports accept Prometheus, each also loopback; nothing else reaches them."""
 
 import ipaddress
 import socket
@@ -9,30 +10,51 @@ from tasks import preflight, topology
 from tasks.rendering import install_checked, put_text, render
 
 UNIT_NAME = "nas-ai-firewall.service"
+NODE_EXPORTER_PORT = 9100
+NGINX_EXPORTER_PORT = 9113
 
 
 def _ipv4(address: str) -> str:
     try:
         return str(ipaddress.IPv4Address(address))
     except ValueError:
-        return socket.gethostbyname(address)  # a gateway named by DNS: nftables wants addresses
+        return socket.gethostbyname(address)  # a host named by DNS: nftables wants addresses
 
 
-def rules(engine_port: int, gateway_addresses: list[str]) -> str:
-    return render("firewall/nas-ai.nft.j2", engine_port=engine_port,
-                  gateway_addresses=sorted(set(gateway_addresses)))
+def rules(ports: list[dict]) -> str:
+    """ports: [{"number", "sources" (addresses), "why"}]"""
+    return render("firewall/nas-ai.nft.j2", ports=[
+        dict(port, sources=sorted({_ipv4(a) for a in port["sources"]})) for port in ports])
+
+
+def _addresses(hosts) -> list[str]:
+    return [topology.lan_address(h) for h in hosts]
+
+
+def ports() -> list[dict]:
+    settings = preflight.plan().settings
+    monitoring = _addresses(topology.monitoring_hosts())
+    opened = [{"number": NODE_EXPORTER_PORT, "sources": monitoring,
+               "why": "node_exporter answers Prometheus alone"}]
+    if topology.is_gateway():
+        opened.append({"number": NGINX_EXPORTER_PORT, "sources": monitoring,
+                       "why": "the nginx exporter answers Prometheus alone"})
+    if topology.is_inference():
+        bound_to_loopback = preflight.plan().bind_address == "127.0.0.1"
+        callers = topology.gateway_hosts() + topology.monitoring_hosts()
+        opened.append({"number": settings.engine_port,
+                       "sources": [] if bound_to_loopback else _addresses(callers),
+                       "why": "the engine answers the gateways and Prometheus alone"})
+    return opened
 
 
 def configure() -> None:
-    plan = preflight.plan()
-    settings = plan.settings
+    settings = preflight.plan().settings
     rules_path = f"{settings.system_config_dir}/firewall.nft"
-    gateways = [] if plan.bind_address == "127.0.0.1" else \
-        [_ipv4(topology.lan_address(g)) for g in topology.gateway_hosts()]
     apt.packages(name="Install nftables", packages=["nftables"], no_recommends=True,
                  cache_time=24 * 3600)
-    rules_changed = install_checked("Firewall rules", rules(settings.engine_port, gateways),
-                                    rules_path, f"nft --check -f {rules_path}", mode="0640")
+    rules_changed = install_checked("Firewall rules", rules(ports()), rules_path,
+                                    f"nft --check -f {rules_path}", mode="0640")
     unit = put_text(f"Unit {UNIT_NAME}", render("firewall/nas-ai-firewall.service.j2", rules=rules_path),
                     f"/etc/systemd/system/{UNIT_NAME}", "0644")
     systemd.service(name="Firewall active and enabled", service=UNIT_NAME, running=True,

@@ -13,6 +13,8 @@ from tasks.settings import DeployError
 CONF_PATH = "/etc/nginx/conf.d/nas-ai.conf"
 PRIVATE_DIR = "/etc/nginx/nas-ai"
 KEYS_FILE = f"{PRIVATE_DIR}/api-keys.map"
+# nginx's connection counts for its exporter, on loopback only.
+STUB_STATUS_ADDRESS = "127.0.0.1:8081"
 SELF_SIGNED = {"certificate": f"{PRIVATE_DIR}/self-signed.crt", "key": f"{PRIVATE_DIR}/self-signed.key"}
 
 
@@ -38,13 +40,13 @@ def site_config(settings, upstreams: list[str], backend_key: str, tls: dict | No
         port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
         max_body=settings.gateway_max_body, rate_per_minute=settings.gateway_rate_per_minute,
         rate_burst=settings.gateway_rate_burst, concurrent_per_key=settings.gateway_concurrent_per_key,
-        read_timeout_s=settings.gateway_read_timeout_s,
+        read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=STUB_STATUS_ADDRESS,
         retry_after_s=max(1, math.ceil(60 / settings.gateway_rate_per_minute)))
 
 
 def upstreams() -> list[str]:
     port = preflight.plan().settings.engine_port
-    return [f"{topology.upstream_address(engine, host)}:{port}" for engine in topology.inference_hosts()]
+    return [f"{topology.address_from(engine, host)}:{port}" for engine in topology.inference_hosts()]
 
 
 def _tls(settings) -> dict | None:

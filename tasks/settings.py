@@ -45,6 +45,12 @@ SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "gateway_read_timeout_s": (600, (int,), "Longest silence from the engine (queue wait + prompt processing) before 504."),
     "gateway_tls": (None, (str, dict, type(None)), "None, `self-signed`, or {certificate: path, key: path} on the controller."),
     "gateway_tls_port": (443, (int,), "HTTPS port of the gateway when TLS is on."),
+    # monitoring
+    "monitoring_retention_time": ("30d", (str,), "How long Prometheus keeps samples."),
+    "monitoring_retention_size": ("2GB", (str,), "Most disk Prometheus's samples may take on the NAS."),
+    "monitoring_scrape_interval": ("15s", (str,), "How often every target is scraped."),
+    "monitoring_ttft_p99_slo_s": (2.0, (int, float), "Alert when the p99 time to first token stays above this."),
+    "monitoring_alert_webhook": (None, (str, type(None)), "URL Alertmanager posts alerts to (e.g. ntfy, Gotify, a chat bridge); None keeps them in its UI."),
 }
 PREFIXES = ("preflight_", "system_", "model_", "engine_", "service_", "gateway_", "monitoring_")
 

@@ -1,5 +1,6 @@
 """Who does what, read from the inventory alone: the `inference` group serves (every host when the
-group is absent), the `gateway` group fronts them (default: the first inference host)."""
+group is absent), the `gateway` group fronts them and the `monitoring` group watches them (each
+defaults to the first inference host)."""
 
 from pyinfra import host, inventory
 from pyinfra.api.exceptions import NoGroupError
@@ -18,14 +19,22 @@ def inference_hosts() -> list:
     return _group("inference") or list(inventory)
 
 
-def gateway_hosts() -> list:
-    gateways = _group("gateway")
-    if gateways is None:
+def _group_or_first_inference_host(name: str) -> list:
+    hosts = _group(name)
+    if hosts is None:
         inference = inference_hosts()
         if not inference:
             raise DeployError("the inventory has no hosts: list your NAS under `inference`")
         return inference[:1]
-    return gateways
+    return hosts
+
+
+def gateway_hosts() -> list:
+    return _group_or_first_inference_host("gateway")
+
+
+def monitoring_hosts() -> list:
+    return _group_or_first_inference_host("monitoring")
 
 
 def lan_address(target) -> str:
@@ -40,17 +49,26 @@ def is_gateway(target=None) -> bool:
     return (target or host).name in {h.name for h in gateway_hosts()}
 
 
+def is_monitoring(target=None) -> bool:
+    return (target or host).name in {h.name for h in monitoring_hosts()}
+
+
+def engine_clients() -> set[str]:
+    """The hosts that call the engines: the gateways, and Prometheus for /metrics."""
+    return {h.name for h in gateway_hosts()} | {h.name for h in monitoring_hosts()}
+
+
 def engine_bind_address(target=None) -> str:
-    """Loopback when this host's own gateway is the only one, else the LAN address."""
+    """Loopback when every caller of this engine is on its own host, else the LAN address."""
     target = target or host
-    if [g.name for g in gateway_hosts()] == [target.name]:
+    if engine_clients() == {target.name}:
         return "127.0.0.1"
     return lan_address(target)
 
 
-def upstream_address(engine_host, gateway_host) -> str:
-    """How `gateway_host` reaches the engine of `engine_host`."""
-    bind = engine_bind_address(engine_host)
-    if bind == "127.0.0.1" and engine_host.name != gateway_host.name:
-        raise DeployError(f"{engine_host.name} binds to loopback but {gateway_host.name} is a gateway")
+def address_from(target, client) -> str:
+    """How `client` reaches a service of `target` that listens where its engine does."""
+    bind = engine_bind_address(target)
+    if bind == "127.0.0.1" and target.name != client.name:
+        raise DeployError(f"{target.name} binds to loopback but {client.name} must reach it")
     return bind

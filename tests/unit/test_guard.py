@@ -3,6 +3,7 @@
 import asyncio
 import json
 
+from nas_ai_engine import metrics
 from nas_ai_engine.guard import Guard
 
 
@@ -73,4 +74,59 @@ def test_embeddings_get_a_clear_refusal_instead_of_a_500():
     status, payload = _request(Guard(app, {"model": "smollm2"}), "POST", "/v1/embeddings",
                                json.dumps({"input": "hello"}).encode())
     assert status == 400 and "serves no embeddings" in payload["error"]["message"]
+    assert app.bodies == []
+
+
+class StreamingApp:
+    """Sends an SSE stream of three tokens, as llama-cpp-python's server does."""
+
+    async def __call__(self, scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": b'data: {"choices": [{"delta": {"role": "assistant"}}]}\r\n\r\n', "more_body": True})
+        for token in ("Hel", "lo", "!"):
+            chunk = json.dumps({"choices": [{"delta": {"content": token}}]}).encode()
+            await send({"type": "http.response.body", "body": b"data: " + chunk + b"\r\n\r\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n"})
+
+
+def _sample(name, labels=None):
+    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0
+
+
+def test_metrics_count_a_streamed_request():
+    before = (_sample("nas_ai_engine_generated_tokens_total"),
+              _sample("nas_ai_engine_time_to_first_token_seconds_count", {"endpoint": "/v1/chat/completions"}),
+              _sample("nas_ai_engine_requests_total", {"endpoint": "/v1/chat/completions", "status": "200"}))
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"messages": [], "stream": true}', "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(Guard(StreamingApp(), {})({"type": "http", "method": "POST", "path": "/v1/chat/completions"},
+                                         receive, send))
+    after = (_sample("nas_ai_engine_generated_tokens_total"),
+             _sample("nas_ai_engine_time_to_first_token_seconds_count", {"endpoint": "/v1/chat/completions"}),
+             _sample("nas_ai_engine_requests_total", {"endpoint": "/v1/chat/completions", "status": "200"}))
+    assert [a - b for a, b in zip(after, before)] == [3, 1, 1]
+    assert _sample("nas_ai_engine_requests_in_flight") == 0
+    assert len(sent) == 6  # the stream reached the client whole
+
+
+def test_metrics_endpoint_answers_without_the_app():
+    app = RecordingApp()
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(Guard(app, {})({"type": "http", "method": "GET", "path": "/metrics"}, receive, send))
+    assert sent[0]["status"] == 200 and b"nas_ai_engine_requests_in_flight" in sent[1]["body"]
     assert app.bodies == []

@@ -76,11 +76,36 @@ def test_bad_api_keys_are_refused(keys, message):
         gateway.keys_map(keys)
 
 
-def test_firewall_opens_the_engine_port_to_the_gateways_only():
-    rules = firewall.rules(8080, ["10.213.0.11", "10.213.0.11"])
+def test_firewall_opens_each_port_to_its_callers_only():
+    rules = firewall.rules([{"number": 8080, "sources": ["10.213.0.11", "10.213.0.11"], "why": "engine"},
+                            {"number": 9100, "sources": [], "why": "node_exporter"}])
     assert 'ip saddr { 10.213.0.11 } tcp dport 8080 accept' in rules
     assert "tcp dport 8080 reject with tcp reset" in rules
+    assert 'iif "lo" tcp dport 9100 accept' in rules and "tcp dport 9100 reject with tcp reset" in rules
+    assert "ip saddr {  }" not in rules
     assert "flush ruleset" not in rules  # other tables of the host are left alone
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool is not installed here")
+def test_prometheus_config_passes_promtool(tmp_path):
+    rules = tmp_path / "rules.yml"
+    rules.write_text(render("monitoring/nas-ai.rules.yml.j2", ttft_p99_slo_s=2.0))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(render("monitoring/prometheus.yml.j2", scrape_interval="15s", rules_file=str(rules),
+                             jobs={"node": [{"address": "127.0.0.1:9100", "node": "nas1"},
+                                            {"address": "10.213.0.12:9100", "node": "nas2"}],
+                                   "engine": [{"address": "127.0.0.1:8080", "node": "nas1"}]}))
+    result = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("amtool"), reason="amtool is not installed here")
+@pytest.mark.parametrize("webhook", [None, "http://ntfy.local/nas-alerts"])
+def test_alertmanager_config_passes_amtool(tmp_path, webhook):
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(render("monitoring/alertmanager.yml.j2", webhook=webhook))
+    result = subprocess.run(["amtool", "check-config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed here")

@@ -18,6 +18,7 @@ def serve(config: dict) -> None:
     from llama_cpp.server import app as server_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
+    from nas_ai_engine import metrics
     from nas_ai_engine.guard import Guard
 
     model = config["model"]
@@ -35,6 +36,8 @@ def serve(config: dict) -> None:
         use_mlock=False, verbose=False,
     )
     app = server_app.create_app(server_settings=server_settings, model_settings=[model_settings])
+    metrics.time_the_lock(server_app)
+    metrics.MODEL.info({"model": model["alias"], "sha256": model["sha256"]})
     # Warm-up before the port opens: the first request does not pay for page-ins and graph setup.
     started = time.monotonic()
     server_app._llama_proxy().create_completion("Hello", max_tokens=1)

@@ -1,8 +1,13 @@
-"""ASGI middleware in front of llama-cpp-python's app: `/health` without the engine's request lock,
-and refusal of request fields that would crash the engine before they reach it."""
+"""ASGI middleware in front of llama-cpp-python's app: `/health` and `/metrics` without the
+engine's request lock, refusal of request fields that would crash the engine before they reach
+it, and the request metrics."""
 
 import json
+import time
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from nas_ai_engine import metrics
 from nas_ai_engine.gbnf_check import GrammarError, check
 
 GUARDED_PATHS = {"/v1/chat/completions", "/v1/completions"}
@@ -34,6 +39,11 @@ class Guard:
             # Answered here, never behind llama-cpp-python's lock: the model loaded and warmed
             # up before the port opened, so an answer means ready.
             return await _send_json(send, 200, self.health)
+        if scope["path"] == "/metrics" and scope["method"] == "GET":
+            body = generate_latest(metrics.REGISTRY)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})
+            return await send({"type": "http.response.body", "body": body})
         if scope["path"] == "/v1/embeddings":
             # The chat model is loaded for generation; llama-cpp-python would answer with a 500.
             return await _send_json(send, 400, _invalid(
@@ -54,8 +64,10 @@ class Guard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        endpoint = scope["path"]
         refusal = _refusal(body)
         if refusal:
+            metrics.REQUESTS.labels(endpoint, "400").inc()
             return await _send_json(send, 400, refusal)
 
         replayed = False
@@ -67,7 +79,63 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        arrival = time.monotonic()
+        metrics.ARRIVAL.set(arrival)
+        observer = _ResponseObserver(endpoint, arrival, send)
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, replay, observer.send)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            observer.finish()
+
+
+class _ResponseObserver:
+    """Watches what the app sends: status, first text chunk, token counts."""
+
+    def __init__(self, endpoint: str, arrival: float, send):
+        self.endpoint, self.arrival, self.downstream = endpoint, arrival, send
+        self.status, self.streaming, self.first_token_seen = "500", False, False
+        self.plain_body = []
+
+    async def send(self, message):
+        if message["type"] == "http.response.start":
+            self.status = str(message["status"])
+            headers = dict(message.get("headers") or [])
+            self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+        elif message["type"] == "http.response.body" and message.get("body"):
+            if self.streaming:
+                self._stream_chunk(message["body"])
+            else:
+                self.plain_body.append(message["body"])
+        await self.downstream(message)
+
+    def _stream_chunk(self, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            line = line.strip()
+            if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
+                continue
+            try:
+                choice = (json.loads(line[5:]).get("choices") or [{}])[0]
+            except ValueError:
+                continue
+            text = (choice.get("delta") or {}).get("content") or choice.get("text")
+            if text:
+                metrics.GENERATED_TOKENS.inc()
+                if not self.first_token_seen:
+                    self.first_token_seen = True
+                    metrics.TIME_TO_FIRST_TOKEN.labels(self.endpoint).observe(time.monotonic() - self.arrival)
+
+    def finish(self) -> None:
+        metrics.REQUESTS.labels(self.endpoint, self.status).inc()
+        metrics.DURATION.labels(self.endpoint).observe(time.monotonic() - self.arrival)
+        if self.plain_body and self.status == "200":
+            try:
+                usage = json.loads(b"".join(self.plain_body)).get("usage") or {}
+            except ValueError:
+                return
+            metrics.PROMPT_TOKENS.inc(usage.get("prompt_tokens", 0))
+            metrics.GENERATED_TOKENS.inc(usage.get("completion_tokens", 0))
 
 
 def _refusal(body: bytes) -> dict | None:

@@ -1,0 +1,83 @@
+"""Monitoring: node_exporter on every host, the nginx exporter on every gateway, Prometheus and
+Alertmanager (Debian's packages) on the monitoring hosts, with targets generated from the
+inventory and alert rules checked by promtool before every reload."""
+
+from pyinfra import host
+from pyinfra.operations import apt, systemd
+
+from tasks import firewall, preflight, topology
+from tasks.gateway import STUB_STATUS_ADDRESS
+from tasks.rendering import install_checked, put_text, render
+
+RULES_FILE = "/etc/prometheus/nas-ai.rules.yml"
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
+# The units node_exporter reports on: the stack's and the ones it stands on.
+WATCHED_UNITS = r"(nas-ai-engine|nas-ai-firewall|nginx|prometheus|prometheus-alertmanager|ssh)\.service"
+
+
+def _service_args(name: str, package: str, unit: str, args: str):
+    """Debian's exporters read their flags from /etc/default/<package>: restart on change."""
+    apt.packages(name=f"Install {name}", packages=[package], no_recommends=True, cache_time=24 * 3600)
+    flags = put_text(f"{name} flags", f'# Managed by the nas-ai deploy (tasks/monitoring.py).\nARGS="{args}"\n',
+                     f"/etc/default/{package}", "0644")
+    systemd.service(name=f"{name} running and enabled", service=unit, running=True, enabled=True,
+                    restarted=flags.will_change)
+
+
+def exporters() -> None:
+    _service_args("node_exporter", "prometheus-node-exporter", "prometheus-node-exporter.service",
+                  "--collector.systemd --collector.systemd.enable-restarts-metrics "
+                  f"--collector.systemd.unit-include={WATCHED_UNITS}")
+    if topology.is_gateway():
+        _service_args("nginx exporter", "prometheus-nginx-exporter", "prometheus-nginx-exporter.service",
+                      f"-nginx.scrape-uri=http://{STUB_STATUS_ADDRESS}/stub_status "
+                      f"-web.listen-address=:{firewall.NGINX_EXPORTER_PORT}")
+
+
+def _target(target, port: int, via_engine_address: bool = False) -> dict:
+    if target.name == host.name:
+        address = preflight.plan().bind_address if via_engine_address else "127.0.0.1"
+    elif via_engine_address:
+        address = topology.address_from(target, host)
+    else:
+        address = topology.lan_address(target)
+    return {"address": f"{address}:{port}", "node": target.name}
+
+
+def scrape_jobs() -> dict[str, list[dict]]:
+    engine_port = preflight.plan().settings.engine_port
+    everyone = {h.name: h for h in topology.inference_hosts() + topology.gateway_hosts()
+                + topology.monitoring_hosts()}.values()
+    return {
+        "node": [_target(h, firewall.NODE_EXPORTER_PORT) for h in everyone],
+        "nginx": [_target(h, firewall.NGINX_EXPORTER_PORT) for h in topology.gateway_hosts()],
+        "engine": [_target(h, engine_port, via_engine_address=True) for h in topology.inference_hosts()],
+    }
+
+
+def server() -> None:
+    settings = preflight.plan().settings
+    apt.packages(name="Install Prometheus and Alertmanager",
+                 packages=["prometheus", "prometheus-alertmanager"], no_recommends=True,
+                 cache_time=24 * 3600)
+    # Sized for a NAS disk: whichever cap is reached first.
+    flags = put_text("Prometheus flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
+                     f'ARGS="--storage.tsdb.retention.time={settings.monitoring_retention_time} '
+                     f'--storage.tsdb.retention.size={settings.monitoring_retention_size}"\n',
+                     "/etc/default/prometheus", "0644")
+    rules_changed = install_checked(
+        "Alert rules", render("monitoring/nas-ai.rules.yml.j2", ttft_p99_slo_s=settings.monitoring_ttft_p99_slo_s),
+        RULES_FILE, f"promtool check rules {RULES_FILE}")
+    config_changed = install_checked(
+        "Prometheus config", render("monitoring/prometheus.yml.j2", scrape_interval=settings.monitoring_scrape_interval,
+                                    rules_file=RULES_FILE, jobs=scrape_jobs()),
+        PROMETHEUS_CONFIG, f"promtool check config {PROMETHEUS_CONFIG}")
+    alerting_changed = install_checked(
+        "Alertmanager config", render("monitoring/alertmanager.yml.j2", webhook=settings.monitoring_alert_webhook),
+        ALERTMANAGER_CONFIG, f"amtool check-config {ALERTMANAGER_CONFIG}")
+    systemd.service(name="Prometheus running and enabled", service="prometheus.service", running=True,
+                    enabled=True, restarted=flags.will_change,
+                    reloaded=(rules_changed or config_changed) and not flags.will_change)
+    systemd.service(name="Alertmanager running and enabled", service="prometheus-alertmanager.service",
+                    running=True, enabled=True, reloaded=alerting_changed)

@@ -1,0 +1,103 @@
+"""Monitoring on the lab: every target up, the engine's metrics count what was sent, and a
+stopped engine fires TargetDown in Alertmanager, resolved once it is back."""
+
+import time
+
+import httpx
+import pytest
+
+from tests.lab.conftest import http_from, lab_host
+
+pytestmark = pytest.mark.lab
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def monitoring(deployment):
+    name, data = deployment["groups"]["gateway"][0]  # monitoring defaults to the first host too
+    return {"prometheus": f"http://{data['ssh_hostname']}:9090", "alertmanager": f"http://{data['ssh_hostname']}:9093",
+            "host": lab_host(name), "groups": deployment["groups"]}
+
+
+def _until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _targets(prometheus: str) -> list[dict]:
+    return httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+
+
+def test_every_target_is_up(monitoring):
+    inference = [name for name, _ in monitoring["groups"]["inference"]]
+    expected = {("node", n) for n in inference} | {("engine", n) for n in inference} | \
+        {("nginx", name) for name, _ in monitoring["groups"]["gateway"]}
+    _until(lambda: all(t["health"] == "up" for t in _targets(monitoring["prometheus"])), 90, "every target up")
+    found = {(t["labels"]["job"], t["labels"].get("node")) for t in _targets(monitoring["prometheus"])}
+    assert expected <= found
+
+
+def _engine_samples(monitoring) -> dict[str, float]:
+    """Totals over every engine, read from their /metrics as Prometheus reads them."""
+    totals: dict[str, float] = {}
+    for target in _targets(monitoring["prometheus"]):
+        if target["labels"]["job"] != "engine":
+            continue
+        status, body = http_from(monitoring["host"], target["scrapeUrl"])
+        assert status == 200
+        for line in body.splitlines():
+            if line.startswith("nas_ai_engine_") and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                totals[key] = totals.get(key, 0) + float(value)
+    return totals
+
+
+def test_engine_metrics_count_the_requests_sent(monitoring, gateway_url, api_key):
+    before = _engine_samples(monitoring)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    generated = 0
+    for _ in range(4):
+        reply = httpx.post(f"{gateway_url}/v1/completions", headers=headers, timeout=60,
+                           json={"model": MODEL, "prompt": "The sky is", "max_tokens": 3})
+        generated += reply.json()["usage"]["completion_tokens"]
+    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", headers=headers, timeout=60,
+                      json={"model": MODEL, "max_tokens": 8, "stream": True,
+                            "messages": [{"role": "user", "content": "Say hi."}]}) as stream:
+        stream.read()
+    after = _engine_samples(monitoring)
+
+    def delta(key):
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta('nas_ai_engine_requests_total{endpoint="/v1/completions",status="200"}') == 4
+    assert delta('nas_ai_engine_requests_total{endpoint="/v1/chat/completions",status="200"}') == 1
+    assert delta('nas_ai_engine_time_to_first_token_seconds_count{endpoint="/v1/chat/completions"}') == 1
+    assert delta("nas_ai_engine_queue_wait_seconds_count") == 5
+    assert delta("nas_ai_engine_generated_tokens_total") >= generated + 1
+    assert after["nas_ai_engine_requests_in_flight"] == 0
+
+
+def _active_alerts(alertmanager: str, **labels) -> list[dict]:
+    alerts = httpx.get(f"{alertmanager}/api/v2/alerts", params={"active": "true"}, timeout=10).json()
+    return [a for a in alerts if all(a["labels"].get(k) == v for k, v in labels.items())
+            and a["status"]["state"] == "active"]
+
+
+def test_a_stopped_engine_fires_target_down_and_its_return_resolves_it(monitoring):
+    name = monitoring["groups"]["inference"][-1][0]
+    engine_host = lab_host(name)
+    engine_host.check_output("systemctl stop nas-ai-engine")
+    stopped = time.monotonic()
+    try:
+        _until(lambda: _active_alerts(monitoring["alertmanager"], alertname="TargetDown", job="engine", node=name),
+               180, f"TargetDown for the engine of {name} in Alertmanager")
+        print(f"TargetDown active in Alertmanager {time.monotonic() - stopped:.0f} s after the stop (for: 1m)")
+    finally:
+        engine_host.check_output("systemctl start nas-ai-engine")
+    _until(lambda: not _active_alerts(monitoring["alertmanager"], alertname="TargetDown", node=name), 180,
+           "TargetDown to resolve")
