@@ -16,13 +16,28 @@ ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 WATCHED_UNITS = r"(nas-ai-engine|nas-ai-firewall|nginx|prometheus|prometheus-alertmanager|ssh)\.service"
 
 
-def _service_args(name: str, package: str, unit: str, args: str):
+# Debian's nginx exporter exits when nginx does not answer at its start (at boot it may start
+# first; after a reload the new workers may not listen yet): start it after nginx, retry forever.
+NGINX_EXPORTER_DROP_IN = """# Managed by the nas-ai deploy (tasks/monitoring.py).
+[Unit]
+After=nginx.service
+StartLimitIntervalSec=0
+
+[Service]
+Restart=always
+RestartSec=5
+"""
+
+
+def _service_args(name: str, package: str, unit: str, args: str, drop_in: str | None = None):
     """Debian's exporters read their flags from /etc/default/<package>: restart on change."""
     apt.packages(name=f"Install {name}", packages=[package], no_recommends=True, cache_time=24 * 3600)
     flags = put_text(f"{name} flags", f'# Managed by the nas-ai deploy (tasks/monitoring.py).\nARGS="{args}"\n',
                      f"/etc/default/{package}", "0644")
+    unit_changed = drop_in is not None and put_text(
+        f"{name} unit drop-in", drop_in, f"/etc/systemd/system/{unit}.d/nas-ai.conf", "0644").will_change
     systemd.service(name=f"{name} running and enabled", service=unit, running=True, enabled=True,
-                    restarted=flags.will_change)
+                    daemon_reload=unit_changed, restarted=flags.will_change or unit_changed)
 
 
 def exporters() -> None:
@@ -32,7 +47,7 @@ def exporters() -> None:
     if topology.is_gateway():
         _service_args("nginx exporter", "prometheus-nginx-exporter", "prometheus-nginx-exporter.service",
                       f"-nginx.scrape-uri=http://{STUB_STATUS_ADDRESS}/stub_status "
-                      f"-web.listen-address=:{firewall.NGINX_EXPORTER_PORT}")
+                      f"-web.listen-address=:{firewall.NGINX_EXPORTER_PORT}", NGINX_EXPORTER_DROP_IN)
 
 
 def _target(target, port: int, via_engine_address: bool = False) -> dict:

@@ -101,3 +101,36 @@ def test_a_stopped_engine_fires_target_down_and_its_return_resolves_it(monitorin
         engine_host.check_output("systemctl start nas-ai-engine")
     _until(lambda: not _active_alerts(monitoring["alertmanager"], alertname="TargetDown", node=name), 180,
            "TargetDown to resolve")
+
+
+def test_every_dashboard_panel_returns_data_after_a_short_load(monitoring, gateway_url, api_key):
+    from tasks import dashboard
+
+    headers = {"Authorization": f"Bearer {api_key}"}
+    # least_conn takes turns between idle engines: four streams, then four plain requests.
+    for stream in (True,) * 4 + (False,) * 4:
+        with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", headers=headers, timeout=60,
+                          json={"model": MODEL, "max_tokens": 8, "stream": stream,
+                                "messages": [{"role": "user", "content": "Say hi."}]}) as response:
+            response.read()
+    for name, _ in monitoring["groups"]["inference"]:
+        lab_host(name).run("dd if=/dev/zero of=/var/tmp/io-probe bs=1M count=8 oflag=direct; rm -f /var/tmp/io-probe")
+    nodes = [name for name, _ in monitoring["groups"]["inference"]]
+
+    def empty_panels():
+        missing = []
+        for node in nodes:
+            for query in dashboard.queries():
+                expr = query.replace("$node", node).replace("$__rate_interval", "2m")
+                answer = httpx.get(f"{monitoring['prometheus']}/api/v1/query", params={"query": expr}, timeout=10).json()
+                assert answer["status"] == "success", (expr, answer)
+                if not answer["data"]["result"]:
+                    missing.append(f"{node}: {expr}")
+        return missing
+
+    deadline = time.monotonic() + 120
+    missing = empty_panels()
+    while missing and time.monotonic() < deadline:
+        time.sleep(5)
+        missing = empty_panels()
+    assert missing == []

@@ -1,0 +1,73 @@
+"""The Grafana dashboard of the stack, built and typed with Grafana's grafana-foundation-sdk.
+
+One row per node (repeated over the `node` variable): requests and errors, time to first token
+and tokens/s, the queue, memory against the article's 80 %, CPU, disk I/O wait, engine restarts.
+"""
+
+import json
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as models
+
+UID = "nas-ai"
+DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="nas-ai-prometheus")
+NODE = 'node="$node"'
+
+# (title, unit, [(legend, PromQL)]): every query is checked against a live Prometheus in the lab.
+PANELS = [
+    ("Requests by status", "reqps", [
+        ("{{status}}", f"sum by (status) (rate(nas_ai_engine_requests_total{{{NODE}}}[$__rate_interval]))")]),
+    ("Error ratio (5xx)", "percentunit", [
+        ("5xx", f'(sum(rate(nas_ai_engine_requests_total{{{NODE}, status=~"5.."}}[$__rate_interval])) or vector(0))'
+                f" / sum(rate(nas_ai_engine_requests_total{{{NODE}}}[$__rate_interval]))")]),
+    ("Time to first token", "s", [
+        (f"p{q}", f"histogram_quantile(0.{q}, sum by (le) "
+                  f"(rate(nas_ai_engine_time_to_first_token_seconds_bucket{{{NODE}}}[$__rate_interval])))")
+        for q in ("50", "95", "99")]),
+    ("Tokens generated per second", "short", [
+        ("tokens/s", f"rate(nas_ai_engine_generated_tokens_total{{{NODE}}}[$__rate_interval])")]),
+    ("Queue", "short", [
+        ("in flight", f"nas_ai_engine_requests_in_flight{{{NODE}}}"),
+        ("waiting", f"nas_ai_engine_requests_waiting{{{NODE}}}")]),
+    ("Queue wait p90", "s", [
+        ("p90", f"histogram_quantile(0.90, sum by (le) (rate(nas_ai_engine_queue_wait_seconds_bucket{{{NODE}}}[$__rate_interval])))")]),
+    ("Memory used (alert at 80 %)", "percentunit", [
+        ("used", f"1 - node_memory_MemAvailable_bytes{{{NODE}}} / node_memory_MemTotal_bytes{{{NODE}}}")]),
+    ("CPU busy", "percentunit", [
+        ("busy", f'1 - avg(rate(node_cpu_seconds_total{{{NODE}, mode="idle"}}[$__rate_interval]))')]),
+    ("Disk I/O wait per operation (alert at 10 ms)", "s", [
+        ("{{device}}", f"(rate(node_disk_read_time_seconds_total{{{NODE}}}[$__rate_interval])"
+                       f" + rate(node_disk_write_time_seconds_total{{{NODE}}}[$__rate_interval]))"
+                       f" / (rate(node_disk_reads_completed_total{{{NODE}}}[$__rate_interval])"
+                       f" + rate(node_disk_writes_completed_total{{{NODE}}}[$__rate_interval]) > 0)")]),
+    ("Engine restarts", "short", [
+        ("restarts", f'node_systemd_service_restart_total{{{NODE}, name="nas-ai-engine.service"}}')]),
+]
+
+
+def build() -> models.Dashboard:
+    node = (dashboard.QueryVariable("node").label("Node").datasource(DATASOURCE)
+            .query("label_values(up, node)").multi(True).include_all(True)
+            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED))
+    row = dashboard.Row("Node $node").repeat("node")
+    for index, (title, unit, queries) in enumerate(PANELS):
+        panel = timeseries.Panel().title(title).unit(unit).datasource(DATASOURCE).height(7).span(8)
+        for ref, (legend, expr) in zip("ABCDEFGH", queries):
+            panel = panel.with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref))
+        row = row.with_panel(panel)
+    return (dashboard.Dashboard("NAS AI assistant").uid(UID).tags(["nas-ai"]).refresh("30s")
+            .time("now-6h", "now").with_variable(node).with_row(row).build())
+
+
+def to_json() -> str:
+    return json.dumps(build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def queries() -> list[str]:
+    """Every PromQL expression of the dashboard, as written (with $node and $__rate_interval)."""
+    return [expr for _title, _unit, targets in PANELS for _legend, expr in targets]
+
+
+if __name__ == "__main__":
+    print(to_json(), end="")
