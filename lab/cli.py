@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,8 +40,7 @@ def _wait_ready(hosts: list[dict]) -> None:
         print(f"lab: {host['name']} ({host['backend']}, {host['address']}) {current} "
               f"after {host['boot_seconds']} s", file=sys.stderr)
         if current != "running":
-            failed = ssh.ssh_command(host["address"], "systemctl", "--failed", "--no-legend")
-            os.system(" ".join(failed))
+            subprocess.run(ssh.ssh_command(host["address"], "systemctl", "--failed", "--no-legend"))
 
 
 def up(backend: str, nodes: int) -> None:
