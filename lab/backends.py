@@ -40,7 +40,12 @@ def _start_container(host: dict, image_dir: Path) -> None:
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                         f"lowerdir={image_dir / 'rootfs'},upperdir={base / 'upper'},workdir={base / 'work'}",
                         str(root)], check=True)
-    (root / "etc/fstab").write_text("")  # nspawn mounts the root; the VM's fstab entry fails here
+    # nspawn mounts the container's file systems: the VM's fstab entry would fail here, and
+    # remount-fs, the first unit to start, can trip over nspawn still setting up cgroups (219/CGROUP).
+    (root / "etc/fstab").write_text("")
+    remount = root / "etc/systemd/system/systemd-remount-fs.service"
+    if not remount.is_symlink():
+        remount.symlink_to("/dev/null")
     (root / "etc/hostname").write_text(host["name"] + "\n")
     (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host['name']}\n")
     (root / "etc/systemd/network/10-lab.network").write_text(_network_file("host0", host["address"]))
