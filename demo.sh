@@ -15,6 +15,7 @@ The NAS AI assistant is up.
   endpoint: $endpoint
   API key:  $key
   model:    smollm2-135m-instruct
+  Prometheus:   ${endpoint%/v1}:9090   Alertmanager: ${endpoint%/v1}:9093
 
 Try it:
   curl $endpoint/chat/completions -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\
