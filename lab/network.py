@@ -56,7 +56,8 @@ def remove_link(name: str) -> None:
 def teardown(state: dict) -> None:
     for table, rule in _iptables_rules():
         while _run("iptables", "-t", table, "-C", *rule, check=False).returncode == 0:
-            _run("iptables", "-t", table, "-D", *rule)
+            # check=False: a concurrent `down` may have removed it between -C and -D
+            _run("iptables", "-t", table, "-D", *rule, check=False)
     _run("ip", "route", "del", "unreachable", str(config.LAB_RANGE), check=False)
     if bridge_exists():
         _run("ip", "link", "del", config.BRIDGE)
