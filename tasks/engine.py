@@ -6,7 +6,6 @@ of the profile (and every later deploy) installs it without compiling.
 """
 
 import hashlib
-import os
 import shlex
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from pyinfra.operations import apt, files, python, server
 
 from tasks import preflight
 from tasks.cpu_profile import CpuProfile
-from tasks.settings import ENGINE_PACKAGE, ENGINE_VERSION
+from tasks.settings import CONTROLLER_CACHE_DIR, ENGINE_PACKAGE, ENGINE_VERSION
 
 FILES = Path(__file__).parent.parent / "files" / "engine"
-CACHE_DIR = Path(os.environ.get("NAS_AI_CACHE_DIR", Path.home() / ".cache" / "nas-ai")) / "engine"
+CACHE_DIR = CONTROLLER_CACHE_DIR / "engine"
 RUNTIME_PACKAGES = ["python3-venv", "libgomp1"]
 BUILD_PACKAGES = ["build-essential", "cmake", "pkg-config", "python3-dev", "python3-venv"]
 

@@ -3,7 +3,6 @@ resolved to a local file whose sha256 matches the one pinned in data. Runs befor
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import gguf
-from tasks.settings import BUNDLED_MODEL, DeployError
+from tasks.settings import BUNDLED_MODEL, CONTROLLER_CACHE_DIR, DeployError
 
-CACHE_DIR = Path(os.environ.get("NAS_AI_CACHE_DIR", Path.home() / ".cache" / "nas-ai")) / "models"
+CACHE_DIR = CONTROLLER_CACHE_DIR / "models"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 

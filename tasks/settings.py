@@ -4,7 +4,9 @@ Operators override any key in `group_data/*.py` or per host in the inventory. Ke
 the prefixes below that are not listed here are refused (a typo would otherwise be ignored).
 """
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # key: (default, accepted types, what it does). None as default means "derived from the host".
@@ -55,6 +57,8 @@ SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
 PREFIXES = ("preflight_", "system_", "model_", "engine_", "service_", "gateway_", "monitoring_")
 
 # Internal constants: not tunables.
+# The controller's cache of models and engine builds: speeds up later deploys, never required.
+CONTROLLER_CACHE_DIR = Path(os.environ.get("NAS_AI_CACHE_DIR", Path.home() / ".cache" / "nas-ai"))
 ENGINE_PACKAGE = "llama-cpp-python"
 ENGINE_VERSION = "0.3.36"
 BUNDLED_MODEL = {
