@@ -1,7 +1,8 @@
 """The Grafana dashboard of the stack, built and typed with Grafana's grafana-foundation-sdk.
 
-One row per node (repeated over the `node` variable): requests and errors, time to first token
-and tokens/s, the queue, memory against the article's 80 %, CPU, disk I/O wait, engine restarts.
+One row per node (repeated over the `node` variable): the gateway's answers by status, engine
+requests and errors, time to first token and tokens/s, the queue, memory against the article's
+80 %, CPU, disk I/O wait, engine restarts.
 """
 
 import json
@@ -14,34 +15,37 @@ UID = "nas-ai"
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="nas-ai-prometheus")
 NODE = 'node="$node"'
 
-# (title, unit, [(legend, PromQL)]): every query is checked against a live Prometheus in the lab.
+# (title, unit, role, [(legend, PromQL)]): a panel shows data on the nodes of its role (gateway,
+# engine, or every node); the lab test checks each query so against a live Prometheus.
 PANELS = [
-    ("Requests by status", "reqps", [
+    ("Gateway answers by status", "reqps", "gateway", [
+        ("{{status}}", f"sum by (status) (rate(nas_ai_gateway_responses_total{{{NODE}}}[$__rate_interval]))")]),
+    ("Engine requests by status", "reqps", "engine", [
         ("{{status}}", f"sum by (status) (rate(nas_ai_engine_requests_total{{{NODE}}}[$__rate_interval]))")]),
-    ("Error ratio (5xx)", "percentunit", [
+    ("Error ratio (5xx)", "percentunit", "engine", [
         ("5xx", f'(sum(rate(nas_ai_engine_requests_total{{{NODE}, status=~"5.."}}[$__rate_interval])) or vector(0))'
                 f" / sum(rate(nas_ai_engine_requests_total{{{NODE}}}[$__rate_interval]))")]),
-    ("Time to first token", "s", [
+    ("Time to first token", "s", "engine", [
         (f"p{q}", f"histogram_quantile(0.{q}, sum by (le) "
                   f"(rate(nas_ai_engine_time_to_first_token_seconds_bucket{{{NODE}}}[$__rate_interval])))")
         for q in ("50", "95", "99")]),
-    ("Tokens generated per second", "short", [
+    ("Tokens generated per second", "short", "engine", [
         ("tokens/s", f"rate(nas_ai_engine_generated_tokens_total{{{NODE}}}[$__rate_interval])")]),
-    ("Queue", "short", [
+    ("Queue", "short", "engine", [
         ("in flight", f"nas_ai_engine_requests_in_flight{{{NODE}}}"),
         ("waiting", f"nas_ai_engine_requests_waiting{{{NODE}}}")]),
-    ("Queue wait p90", "s", [
+    ("Queue wait p90", "s", "engine", [
         ("p90", f"histogram_quantile(0.90, sum by (le) (rate(nas_ai_engine_queue_wait_seconds_bucket{{{NODE}}}[$__rate_interval])))")]),
-    ("Memory used (alert at 80 %)", "percentunit", [
+    ("Memory used (alert at 80 %)", "percentunit", "node", [
         ("used", f"1 - node_memory_MemAvailable_bytes{{{NODE}}} / node_memory_MemTotal_bytes{{{NODE}}}")]),
-    ("CPU busy", "percentunit", [
+    ("CPU busy", "percentunit", "node", [
         ("busy", f'1 - avg(rate(node_cpu_seconds_total{{{NODE}, mode="idle"}}[$__rate_interval]))')]),
-    ("Disk I/O wait per operation (alert at 10 ms)", "s", [
+    ("Disk I/O wait per operation (alert at 10 ms)", "s", "node", [
         ("{{device}}", f"(rate(node_disk_read_time_seconds_total{{{NODE}}}[$__rate_interval])"
                        f" + rate(node_disk_write_time_seconds_total{{{NODE}}}[$__rate_interval]))"
                        f" / (rate(node_disk_reads_completed_total{{{NODE}}}[$__rate_interval])"
                        f" + rate(node_disk_writes_completed_total{{{NODE}}}[$__rate_interval]) > 0)")]),
-    ("Engine restarts", "short", [
+    ("Engine restarts", "short", "engine", [
         ("restarts", f'node_systemd_service_restart_total{{{NODE}, name="nas-ai-engine.service"}}')]),
 ]
 
@@ -51,7 +55,7 @@ def build() -> models.Dashboard:
             .query("label_values(up, node)").multi(True).include_all(True)
             .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED))
     row = dashboard.Row("Node $node").repeat("node")
-    for index, (title, unit, queries) in enumerate(PANELS):
+    for title, unit, _role, queries in PANELS:
         panel = timeseries.Panel().title(title).unit(unit).datasource(DATASOURCE).height(7).span(8)
         for ref, (legend, expr) in zip("ABCDEFGH", queries):
             panel = panel.with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref))
@@ -64,9 +68,9 @@ def to_json() -> str:
     return json.dumps(build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
-def queries() -> list[str]:
-    """Every PromQL expression of the dashboard, as written (with $node and $__rate_interval)."""
-    return [expr for _title, _unit, targets in PANELS for _legend, expr in targets]
+def queries(roles: set[str]) -> list[str]:
+    """The PromQL of the panels of these roles, as written (with $node and $__rate_interval)."""
+    return [expr for _title, _unit, role, targets in PANELS if role in roles for _legend, expr in targets]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from tasks.rendering import install_checked, put_text, render
 UNIT_NAME = "nas-ai-firewall.service"
 NODE_EXPORTER_PORT = 9100
 NGINX_EXPORTER_PORT = 9113
+GATEWAY_LOG_EXPORTER_PORT = 3903  # mtail, reading the gateway's access log
 
 
 def _ipv4(address: str) -> str:
@@ -39,6 +40,8 @@ def ports() -> list[dict]:
     if topology.is_gateway():
         opened.append({"number": NGINX_EXPORTER_PORT, "sources": monitoring,
                        "why": "the nginx exporter answers Prometheus alone"})
+        opened.append({"number": GATEWAY_LOG_EXPORTER_PORT, "sources": monitoring,
+                       "why": "mtail (the gateway's answers by status) answers Prometheus alone"})
     if topology.is_inference():
         bound_to_loopback = preflight.plan().bind_address == "127.0.0.1"
         callers = topology.gateway_hosts() + topology.monitoring_hosts()

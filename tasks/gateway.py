@@ -15,6 +15,8 @@ PRIVATE_DIR = "/etc/nginx/nas-ai"
 KEYS_FILE = f"{PRIVATE_DIR}/api-keys.map"
 # nginx's connection counts for its exporter, on loopback only.
 STUB_STATUS_ADDRESS = "127.0.0.1:8081"
+# JSON lines, read by mtail for the gateway's answers by status (tasks/monitoring.py).
+ACCESS_LOG = "/var/log/nginx/nas-ai.access.log"
 SELF_SIGNED = {"certificate": f"{PRIVATE_DIR}/self-signed.crt", "key": f"{PRIVATE_DIR}/self-signed.key"}
 
 
@@ -40,7 +42,7 @@ def site_config(settings, upstreams: list[str], backend_key: str, tls: dict | No
         port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
         max_body=settings.gateway_max_body, rate_per_minute=settings.gateway_rate_per_minute,
         rate_burst=settings.gateway_rate_burst, concurrent_per_key=settings.gateway_concurrent_per_key,
-        read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=STUB_STATUS_ADDRESS,
+        read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=STUB_STATUS_ADDRESS, access_log=ACCESS_LOG,
         retry_after_s=max(1, math.ceil(60 / settings.gateway_rate_per_minute)))
 
 

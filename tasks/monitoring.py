@@ -1,4 +1,5 @@
-"""Monitoring: node_exporter on every host, the nginx exporter on every gateway, Prometheus and
+"""Monitoring: node_exporter on every host, the nginx exporter and mtail (the gateway's answers by
+status and client, from its access log) on every gateway, Prometheus and
 Alertmanager (Debian's packages) on the monitoring hosts, with targets generated from the
 inventory and alert rules checked by promtool before every reload."""
 
@@ -6,12 +7,13 @@ from pyinfra import host
 from pyinfra.operations import apt, systemd
 
 from tasks import firewall, preflight, topology
-from tasks.gateway import STUB_STATUS_ADDRESS
+from tasks.gateway import ACCESS_LOG, STUB_STATUS_ADDRESS
 from tasks.rendering import install_checked, put_text, render
 
 RULES_FILE = "/etc/prometheus/nas-ai.rules.yml"
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
+MTAIL_PROGRAM = "/etc/mtail/nas-ai-gateway.mtail"
 # The units node_exporter reports on: the stack's and the ones it stands on.
 WATCHED_UNITS = r"(nas-ai-engine|nas-ai-firewall|nginx|prometheus|prometheus-alertmanager|ssh)\.service"
 
@@ -48,6 +50,20 @@ def exporters() -> None:
         _service_args("nginx exporter", "prometheus-nginx-exporter", "prometheus-nginx-exporter.service",
                       f"-nginx.scrape-uri=http://{STUB_STATUS_ADDRESS}/stub_status "
                       f"-web.listen-address=:{firewall.NGINX_EXPORTER_PORT}", NGINX_EXPORTER_DROP_IN)
+        _gateway_log_exporter()
+
+
+def _gateway_log_exporter() -> None:
+    """nginx's stub_status has no status codes: mtail counts them from the JSON access log (its
+    Debian package puts the mtail user in the adm group, which reads /var/log/nginx)."""
+    apt.packages(name="Install mtail", packages=["mtail"], no_recommends=True, cache_time=24 * 3600)
+    program_changed = install_checked("mtail program", render("monitoring/nas-ai-gateway.mtail"), MTAIL_PROGRAM,
+                                      "mtail --compile_only --logtostderr --progs /etc/mtail")
+    flags = put_text("mtail flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
+                     f"LOGS={ACCESS_LOG}\nHOST=0.0.0.0\nPORT={firewall.GATEWAY_LOG_EXPORTER_PORT}\n"
+                     'EXTRA_ARGS="--emit_prog_label=false"\n', "/etc/default/mtail", "0644")
+    systemd.service(name="mtail running and enabled", service="mtail.service", running=True, enabled=True,
+                    restarted=flags.will_change, reloaded=program_changed and not flags.will_change)
 
 
 def _target(target, port: int, via_engine_address: bool = False) -> dict:
@@ -67,6 +83,7 @@ def scrape_jobs() -> dict[str, list[dict]]:
     return {
         "node": [_target(h, firewall.NODE_EXPORTER_PORT) for h in everyone],
         "nginx": [_target(h, firewall.NGINX_EXPORTER_PORT) for h in topology.gateway_hosts()],
+        "gateway": [_target(h, firewall.GATEWAY_LOG_EXPORTER_PORT) for h in topology.gateway_hosts()],
         "engine": [_target(h, engine_port, via_engine_address=True) for h in topology.inference_hosts()],
     }
 

@@ -6,6 +6,7 @@ import time
 import httpx
 import pytest
 
+from tasks import secrets
 from tests.lab.conftest import http_from, lab_host
 
 pytestmark = pytest.mark.lab
@@ -35,30 +36,31 @@ def _targets(prometheus: str) -> list[dict]:
 
 def test_every_target_is_up(monitoring):
     inference = [name for name, _ in monitoring["groups"]["inference"]]
+    gateways = [name for name, _ in monitoring["groups"]["gateway"]]
     expected = {("node", n) for n in inference} | {("engine", n) for n in inference} | \
-        {("nginx", name) for name, _ in monitoring["groups"]["gateway"]}
+        {("nginx", n) for n in gateways} | {("gateway", n) for n in gateways}
     _until(lambda: all(t["health"] == "up" for t in _targets(monitoring["prometheus"])), 90, "every target up")
     found = {(t["labels"]["job"], t["labels"].get("node")) for t in _targets(monitoring["prometheus"])}
     assert expected <= found
 
 
-def _engine_samples(monitoring) -> dict[str, float]:
-    """Totals over every engine, read from their /metrics as Prometheus reads them."""
+def _samples(monitoring, job: str = "engine", prefix: str = "nas_ai_engine_") -> dict[str, float]:
+    """Totals over every target of a job, read from their /metrics as Prometheus reads them."""
     totals: dict[str, float] = {}
     for target in _targets(monitoring["prometheus"]):
-        if target["labels"]["job"] != "engine":
+        if target["labels"]["job"] != job:
             continue
         status, body = http_from(monitoring["host"], target["scrapeUrl"])
         assert status == 200
         for line in body.splitlines():
-            if line.startswith("nas_ai_engine_") and not line.startswith("#"):
+            if line.startswith(prefix):
                 key, value = line.rsplit(" ", 1)
                 totals[key] = totals.get(key, 0) + float(value)
     return totals
 
 
 def test_engine_metrics_count_the_requests_sent(monitoring, gateway_url, api_key):
-    before = _engine_samples(monitoring)
+    before = _samples(monitoring)
     headers = {"Authorization": f"Bearer {api_key}"}
     generated = 0
     for _ in range(4):
@@ -69,7 +71,7 @@ def test_engine_metrics_count_the_requests_sent(monitoring, gateway_url, api_key
                       json={"model": MODEL, "max_tokens": 8, "stream": True,
                             "messages": [{"role": "user", "content": "Say hi."}]}) as stream:
         stream.read()
-    after = _engine_samples(monitoring)
+    after = _samples(monitoring)
 
     def delta(key):
         return after.get(key, 0) - before.get(key, 0)
@@ -80,6 +82,24 @@ def test_engine_metrics_count_the_requests_sent(monitoring, gateway_url, api_key
     assert delta("nas_ai_engine_queue_wait_seconds_count") == 5
     assert delta("nas_ai_engine_generated_tokens_total") >= generated + 1
     assert after["nas_ai_engine_requests_in_flight"] == 0
+
+
+def test_gateway_answers_are_counted_by_status_and_client(monitoring, gateway_url, api_key):
+    client = next(name for name, key in secrets.api_keys(None).items() if key == api_key)
+    refused = f'nas_ai_gateway_responses_total{{client="none",status="401"}}'
+    served = f'nas_ai_gateway_responses_total{{client="{client}",status="200"}}'
+    before = _samples(monitoring, "gateway", "nas_ai_gateway_")
+    for key in ("not-a-key-of-this-gateway", "another-wrong-key-0123456789"):
+        assert httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}).status_code == 200
+
+    def counted():
+        after = _samples(monitoring, "gateway", "nas_ai_gateway_")
+        return (after.get(refused, 0) - before.get(refused, 0), after.get(served, 0) - before.get(served, 0))
+
+    _until(lambda: counted() != (0, 0), 30, "mtail to read the access log")
+    time.sleep(1)  # and to have read all of it
+    assert counted() == (2, 1)
 
 
 def _active_alerts(alertmanager: str, **labels) -> list[dict]:
@@ -115,12 +135,15 @@ def test_every_dashboard_panel_returns_data_after_a_short_load(monitoring, gatew
             response.read()
     for name, _ in monitoring["groups"]["inference"]:
         lab_host(name).run("dd if=/dev/zero of=/var/tmp/io-probe bs=1M count=8 oflag=direct; rm -f /var/tmp/io-probe")
-    nodes = [name for name, _ in monitoring["groups"]["inference"]]
+    roles = {}
+    for role, group in (("engine", "inference"), ("gateway", "gateway")):
+        for name, _ in monitoring["groups"][group]:
+            roles.setdefault(name, {"node"}).add(role)
 
     def empty_panels():
         missing = []
-        for node in nodes:
-            for query in dashboard.queries():
+        for node, node_roles in roles.items():
+            for query in dashboard.queries(node_roles):
                 expr = query.replace("$node", node).replace("$__rate_interval", "2m")
                 answer = httpx.get(f"{monitoring['prometheus']}/api/v1/query", params={"query": expr}, timeout=10).json()
                 assert answer["status"] == "success", (expr, answer)

@@ -21,7 +21,7 @@ def test_one_repeated_row_per_node_with_every_panel_queried():
     (row,) = data["panels"]
     assert row["type"] == "row" and row["repeat"] == "node"
     titles = [panel["title"] for panel in row["panels"]]
-    for needed in ("Requests by status", "Error ratio (5xx)", "Time to first token", "Tokens generated per second",
+    for needed in ("Gateway answers by status", "Engine requests by status", "Error ratio (5xx)", "Time to first token", "Tokens generated per second",
                    "Queue", "Memory used (alert at 80 %)", "CPU busy", "Disk I/O wait per operation (alert at 10 ms)",
                    "Engine restarts"):
         assert needed in titles
