@@ -1,7 +1,8 @@
 """The NAS AI assistant, deployed in the order it runs on each host:
 `pyinfra inventory/<yours>.py deploy.py`."""
 
-from tasks import engine, firewall, gateway, model_store, monitoring, preflight, service, system, topology
+from tasks import (engine, firewall, gateway, grafana, model_store, monitoring, preflight, service, system,
+                   topology)
 
 preflight.check()                  # facts and data of every host, before any change
 system.configure()                 # sysctl, system user, directories
@@ -13,6 +14,7 @@ if topology.is_inference():
     service.configure(engine_changed, model_changed)  # slice limits, hardened unit
 if topology.is_gateway():
     gateway.configure()            # nginx: keys, limits, streaming, least_conn upstream
-monitoring.exporters()             # node_exporter everywhere, nginx exporter on gateways
+monitoring.exporters()             # node_exporter everywhere, nginx exporter and mtail on gateways
 if topology.is_monitoring():
     monitoring.server()            # Prometheus and Alertmanager, targets from the inventory
+    grafana.install()              # Grafana with the datasource and dashboard provisioned

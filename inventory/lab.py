@@ -15,6 +15,9 @@ LAB_DATA = {
     "gateway_rate_per_minute": 600,
     "gateway_rate_burst": 20,
     "gateway_concurrent_per_key": 8,
+    # Grafana is in no registry the lab can reach (not Debian, PyPI or npm): its dashboard is
+    # checked against the lab's Prometheus instead (tests/lab/test_7_monitoring.py).
+    "monitoring_grafana": None,
 }
 
 inference = lab_hosts("container", **LAB_DATA)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pyinfra import host
 from pyinfra.facts.files import File
 
-from tasks import budget, cpu_profile, model_source, topology
+from tasks import budget, cpu_profile, grafana, model_source, topology
 from tasks.facts import NasHost
 from tasks.settings import DeployError, Settings, resolve
 
@@ -87,6 +87,8 @@ def check() -> Plan:
             f"{host.name}: no engine build for CPU profile {profile.name} on this controller and "
             "engine_build_on_host is False: deploy first to a host of that profile, or set "
             "engine_build_on_host = True (compiling takes minutes)")
+    if topology.is_monitoring():
+        grafana.source(settings)
     result = Plan(settings, facts, profile, limits, fits, model, model_path,
                   topology.engine_bind_address())
     _plans[host.name] = result

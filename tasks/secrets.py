@@ -1,5 +1,6 @@
 """Secrets kept on the controller, never in the repository: the clients' API keys when the data
-gives none, and the backend key that the gateways send and the engines demand."""
+gives none, the backend key that the gateways send and the engines demand, and Grafana's admin
+password."""
 
 import json
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 SECRETS_DIR = Path(os.environ.get("NAS_AI_SECRETS_DIR", Path.home() / ".config" / "nas-ai"))
 API_KEYS_FILE = SECRETS_DIR / "api-keys.json"
 BACKEND_KEY_FILE = SECRETS_DIR / "backend-key"
+GRAFANA_PASSWORD_FILE = SECRETS_DIR / "grafana-admin-password"
 
 
 def _private_write(path: Path, text: str) -> None:
@@ -28,7 +30,15 @@ def api_keys(from_data: dict | None) -> dict[str, str]:
     return json.loads(API_KEYS_FILE.read_text())
 
 
+def _generated(path: Path, nbytes: int) -> str:
+    if not path.exists():
+        _private_write(path, token_source.token_urlsafe(nbytes) + "\n")
+    return path.read_text().strip()
+
+
 def backend_key() -> str:
-    if not BACKEND_KEY_FILE.exists():
-        _private_write(BACKEND_KEY_FILE, token_source.token_urlsafe(32) + "\n")
-    return BACKEND_KEY_FILE.read_text().strip()
+    return _generated(BACKEND_KEY_FILE, 32)
+
+
+def grafana_admin_password() -> str:
+    return _generated(GRAFANA_PASSWORD_FILE, 18)

@@ -52,6 +52,8 @@ SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "monitoring_retention_size": ("2GB", (str,), "Most disk Prometheus's samples may take on the NAS."),
     "monitoring_scrape_interval": ("15s", (str,), "How often every target is scraped."),
     "monitoring_ttft_p99_slo_s": (2.0, (int, float), "Alert when the p99 time to first token stays above this."),
+    "monitoring_grafana": ("apt", (str, type(None)), "Grafana on the monitoring hosts: `apt` (Grafana's APT repository, its key checked against a pinned fingerprint), the path of a grafana .deb on the controller (offline hosts), or None."),
+    "monitoring_grafana_port": (3000, (int,), "HTTP port of Grafana on the monitoring hosts."),
     "monitoring_alert_webhook": (None, (str, type(None)), "URL Alertmanager posts alerts to (e.g. ntfy, Gotify, a chat bridge); None keeps them in its UI."),
 }
 PREFIXES = ("preflight_", "system_", "model_", "engine_", "service_", "gateway_", "monitoring_")

@@ -32,6 +32,7 @@ def test_second_deploy_reports_no_changes(deployment):
     (["--data", "engine_cpu_profile_cap=x86-64-v2"], "this x86_64 CPU has no AVX2"),
     (["--data", "model_source=/etc/hostname",
       "--data", "model_sha256=" + hashlib.sha256(b"x").hexdigest()], "sha256 is "),
+    (["--data", "monitoring_grafana=/nowhere/grafana.deb"], "give 'apt', None, or the path of a grafana .deb"),
 ])
 def test_bad_data_is_refused_before_any_change(deployment, data, message):
     result = deploy("inventory/lab.py", *data)
