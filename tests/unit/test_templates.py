@@ -113,7 +113,8 @@ def test_engine_unit_is_hardened(tmp_path):
     unit = tmp_path / "nas-ai-engine.service"
     unit.write_text(render("service/nas-ai-engine.service.j2", model_name="m", user="nas-ai",
                            app_dir="/opt/nas-ai/engine/app", python="/usr/bin/python3",
-                           config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300))
+                           config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300,
+                           server="llama-server", runtime_dir="nas-ai-engine"))
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
                              "--no-pager", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]

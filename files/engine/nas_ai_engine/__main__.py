@@ -14,12 +14,41 @@ def _load(config_path: str) -> dict:
 
 
 def serve(config: dict) -> None:
+    from nas_ai_engine import metrics
+    from nas_ai_engine.guard import Guard
+
+    model, server = config["model"], config["server"]
+    metrics.MODEL.info({"model": model["alias"], "sha256": model["sha256"], "server": server})
+    info = {"status": "ok", "model": model["alias"], "sha256": model["sha256"], "server": server}
+
+    def guard(app, extra_metrics=None):
+        return Guard(app, info, extra_metrics)
+
+    if server == "llama-server" or config.get("workers", 1) > 1:
+        import asyncio
+
+        from nas_ai_engine import native
+        front = native.serve if server == "llama-server" else native.serve_workers
+        asyncio.run(front(config, guard))
+    else:
+        _serve_llama_cpp_python(config, guard)
+
+
+def worker(config: dict, index: int) -> None:
+    """One llama-cpp-python worker on its socket, with its share of the threads."""
+    from nas_ai_engine import native
+
+    threads = max(1, config["model"]["n_threads"] // config["workers"])
+    config = dict(config, model=dict(config["model"], n_threads=threads))
+    _serve_llama_cpp_python(config, None, uds=native.worker_socket(config, index))
+
+
+def _serve_llama_cpp_python(config: dict, guard, uds: str | None = None) -> None:
     import uvicorn
     from llama_cpp.server import app as server_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     from nas_ai_engine import metrics
-    from nas_ai_engine.guard import Guard
 
     model = config["model"]
     server_settings = ServerSettings(
@@ -37,15 +66,15 @@ def serve(config: dict) -> None:
     )
     app = server_app.create_app(server_settings=server_settings, model_settings=[model_settings])
     metrics.time_the_lock(server_app)
-    metrics.MODEL.info({"model": model["alias"], "sha256": model["sha256"]})
     # Warm-up before the port opens: the first request does not pay for page-ins and graph setup.
     started = time.monotonic()
     server_app._llama_proxy().create_completion("Hello", max_tokens=1)
     print(f"nas_ai_engine: model {model['alias']} ({model['sha256'][:12]}) warm in "
           f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-    info = {"status": "ok", "model": model["alias"], "sha256": model["sha256"]}
-    uvicorn.run(Guard(app, info), host=config["host"], port=config["port"],
-                log_level="warning", access_log=False)
+    if uds:  # a worker behind the front, which guards and measures
+        uvicorn.run(app, uds=uds, log_level="warning", access_log=False)
+    else:
+        uvicorn.run(guard(app), host=config["host"], port=config["port"], log_level="warning", access_log=False)
 
 
 def wait_ready(config: dict, timeout: float) -> None:
@@ -79,16 +108,24 @@ def smoke(model_path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="nas_ai_engine")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("serve", "wait-ready"):
+    for name in ("serve", "wait-ready", "worker"):
         command = commands.add_parser(name)
         command.add_argument("--config", required=True)
         command.add_argument("--timeout", type=float, default=300)
-    commands.add_parser("smoke").add_argument("model_path")
+        command.add_argument("--index", type=int, default=0)
+    smoke_command = commands.add_parser("smoke")
+    smoke_command.add_argument("model_path")
+    smoke_command.add_argument("--llama-server", help="also prove this llama-server binary")
     args = parser.parse_args()
     if args.command == "smoke":
         smoke(args.model_path)
+        if args.llama_server:
+            from nas_ai_engine import native
+            native.smoke(args.llama_server, args.model_path)
     elif args.command == "serve":
-        serve(_load(args.config))
+        serve(dict(_load(args.config), config_path=args.config))
+    elif args.command == "worker":
+        worker(_load(args.config), args.index)
     else:
         wait_ready(_load(args.config), args.timeout)
 

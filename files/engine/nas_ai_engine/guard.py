@@ -1,6 +1,6 @@
-"""ASGI middleware in front of llama-cpp-python's app: `/health` and `/metrics` without the
-engine's request lock, refusal of request fields that would crash the engine before they reach
-it, and the request metrics."""
+"""ASGI middleware in front of the engine (llama-cpp-python's app, or the proxy to llama-server):
+`/health` and `/metrics` without the engine's request lock, refusal of request fields that would
+crash the engine before they reach it, and the request metrics."""
 
 import json
 import time
@@ -28,9 +28,10 @@ def _invalid(message: str, param: str | None) -> dict:
 
 
 class Guard:
-    def __init__(self, app, health: dict):
+    def __init__(self, app, health: dict, extra_metrics=None):
         self.app = app
         self.health = health
+        self.extra_metrics = extra_metrics  # async () -> bytes: the engine's own exposition text
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -41,6 +42,8 @@ class Guard:
             return await _send_json(send, 200, self.health)
         if scope["path"] == "/metrics" and scope["method"] == "GET":
             body = generate_latest(metrics.REGISTRY)
+            if self.extra_metrics is not None:
+                body += await self.extra_metrics()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})
             return await send({"type": "http.response.body", "body": body})
@@ -97,6 +100,7 @@ class _ResponseObserver:
         self.endpoint, self.arrival, self.downstream = endpoint, arrival, send
         self.status, self.streaming, self.first_token_seen = "500", False, False
         self.plain_body = []
+        self.timings = None  # llama-server's, in its last chunk
 
     async def send(self, message):
         if message["type"] == "http.response.start":
@@ -116,9 +120,12 @@ class _ResponseObserver:
             if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
                 continue
             try:
-                choice = (json.loads(line[5:]).get("choices") or [{}])[0]
-            except ValueError:
+                chunk = json.loads(line[5:])
+                choice = (chunk.get("choices") or [{}])[0]
+            except (ValueError, AttributeError):
                 continue
+            if isinstance(chunk.get("timings"), dict):
+                self.timings = chunk["timings"]
             text = (choice.get("delta") or {}).get("content") or choice.get("text")
             if text:
                 metrics.GENERATED_TOKENS.inc()
@@ -127,24 +134,28 @@ class _ResponseObserver:
                     metrics.TIME_TO_FIRST_TOKEN.labels(self.endpoint).observe(time.monotonic() - self.arrival)
 
     def finish(self) -> None:
+        elapsed = time.monotonic() - self.arrival
         metrics.REQUESTS.labels(self.endpoint, self.status).inc()
-        metrics.DURATION.labels(self.endpoint).observe(time.monotonic() - self.arrival)
+        metrics.DURATION.labels(self.endpoint).observe(elapsed)
         if self.plain_body and self.status == "200":
             try:
-                usage = json.loads(b"".join(self.plain_body)).get("usage") or {}
-            except ValueError:
+                answer = json.loads(b"".join(self.plain_body))
+                usage = answer.get("usage") or {}
+            except (ValueError, AttributeError):
                 return
             metrics.PROMPT_TOKENS.inc(usage.get("prompt_tokens", 0))
             metrics.GENERATED_TOKENS.inc(usage.get("completion_tokens", 0))
+        elif self.timings:  # a stream: llama-server's count of the prompt it processed
+            metrics.PROMPT_TOKENS.inc(self.timings.get("prompt_n", 0))
 
 
 def _refusal(body: bytes) -> dict | None:
     try:
         request = json.loads(body)
-    except ValueError:
-        return None  # the app answers malformed JSON with its own 422
+    except ValueError as error:  # both engines would answer 500
+        return _invalid(f"the request body is not valid JSON: {error}", None)
     if not isinstance(request, dict):
-        return None
+        return _invalid("the request body must be a JSON object", None)
     grammar = request.get("grammar")
     if grammar is None:
         return None

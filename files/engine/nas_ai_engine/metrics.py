@@ -1,5 +1,7 @@
-"""The engine's Prometheus metrics, measured where every client's request passes: in the guard
-and at the engine's request lock. llama-cpp-python's server exports none of its own."""
+"""The engine's Prometheus metrics, measured where every client's request passes: in the guard,
+and where a request waits for the engine (llama-cpp-python's lock, or a ticket for a llama-server
+slot). llama-cpp-python's server exports none of its own; llama-server's counters are appended
+to these (llamacpp:*)."""
 
 import contextvars
 import time
@@ -17,17 +19,17 @@ TIME_TO_FIRST_TOKEN = Histogram("nas_ai_engine_time_to_first_token_seconds",
                                 "Arrival to the first chunk with text (streamed requests)",
                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 QUEUE_WAIT = Histogram("nas_ai_engine_queue_wait_seconds",
-                       "Arrival to the engine taking the request (its lock serves one at a time)",
+                       "Arrival to the engine taking the request (a free slot, or llama-cpp-python's lock)",
                        buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 PROMPT_TOKENS = Counter("nas_ai_engine_prompt_tokens",
-                        "Prompt tokens of non-streamed requests (llama-cpp-python sends no usage in streams)",
+                        "Prompt tokens processed (streams: llama-server only; llama-cpp-python reports none)",
                         registry=REGISTRY)
 GENERATED_TOKENS = Counter("nas_ai_engine_generated_tokens", "Tokens generated", registry=REGISTRY)
 IN_FLIGHT = Gauge("nas_ai_engine_requests_in_flight", "Generation requests being served or waiting",
                   registry=REGISTRY)
-WAITING = Gauge("nas_ai_engine_requests_waiting", "Requests waiting for the engine's lock",
+WAITING = Gauge("nas_ai_engine_requests_waiting", "Requests waiting for a slot or the engine's lock",
                 registry=REGISTRY)
-MODEL = Info("nas_ai_engine_model", "The served model", registry=REGISTRY)
+MODEL = Info("nas_ai_engine_model", "The served model and the engine serving it", registry=REGISTRY)
 
 # When the current request arrived, for the queue wait measured at the lock.
 ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar("arrival")

@@ -1,0 +1,293 @@
+"""Serving speed of one NAS, side by side, in one run:
+
+- the raw engine: `llama-bench` of the deployed build (prompt and generation tokens/s);
+- native `llama-server` of the same build, model and settings, called directly (started beside
+  the stack for the run, in the stack's slice, and stopped after);
+- the deployed stack through its gateway (API key, nginx, the engine's guard, whichever engine
+  `engine_server` selects);
+
+each at 1, 4 and 8 concurrent users streaming chat answers, with the host's memory bandwidth as
+the ceiling (bandwidth / bytes of weights = the most tokens/s one sequence can decode).
+
+    python -m bench.serving --inventory inventory/lab.py
+
+Prints a table with the ratios and writes CSV and PNG to --out. Bounded: users x requests each.
+The host must be the gateway's only engine (a one-node inventory, e.g. `python -m lab up --nodes 1`):
+otherwise the stack's figures would include other hosts.
+"""
+
+import argparse
+import asyncio
+import csv
+import json
+import runpy
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "files" / "engine"))
+
+from nas_ai_engine import native  # noqa: E402  (the engine's own llama-server command line)
+
+DIRECT_PORT = 18090
+DIRECT_UNIT = "nas-ai-bench-llama-server"
+PROMPTS = [
+    "Explain in detail how a home NAS protects files against a failing disk.",
+    "Write a friendly email inviting the office to a Friday lunch, with the menu.",
+    "Describe step by step how to brew a good cup of coffee at home.",
+    "List the pros and cons of working from home, with an example for each.",
+    "Tell a short story about a cat who learns to use a computer.",
+    "Explain what a backup schedule is and propose one for a small office.",
+    "Summarise the history of the bicycle in a few paragraphs.",
+    "Give advice to a new team leader for their first month.",
+]
+
+
+@dataclass
+class Series:
+    target: str
+    users: int
+    tokens: int = 0
+    seconds: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    failures: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def ttft_ms(self, quantile: float) -> float:
+        if not self.ttft:
+            return float("nan")
+        ordered = sorted(self.ttft)
+        return 1000 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+
+class Host:
+    def __init__(self, name: str, ssh_config: str):
+        self.name, self.ssh_config = name, ssh_config
+
+    def run(self, command: str, check: bool = True) -> str:
+        result = subprocess.run(["ssh", "-F", self.ssh_config, self.name, "sudo", "sh", "-c", shlex.quote(command)],
+                                capture_output=True, text=True, timeout=900)
+        if check and result.returncode != 0:
+            raise SystemExit(f"bench: `{command}` failed on {self.name}: {result.stderr.strip()[-1500:]}")
+        return result.stdout
+
+
+async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model: str, prompt: str,
+                       max_tokens: int, series: Series) -> None:
+    body = {"model": model, "max_tokens": max_tokens, "stream": True, "temperature": 0.7,
+            "messages": [{"role": "user", "content": prompt}]}
+    started, first, tokens = time.monotonic(), None, 0
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                series.failures += 1
+                await response.aread()
+                return
+            async for line in response.aiter_lines():
+                if not line.startswith("data:") or line.endswith("[DONE]"):
+                    continue
+                choice = (json.loads(line[5:]).get("choices") or [{}])[0]
+                if (choice.get("delta") or {}).get("content"):
+                    tokens += 1
+                    if first is None:
+                        first = time.monotonic() - started
+    except httpx.HTTPError:
+        series.failures += 1
+        return
+    series.tokens += tokens
+    if first is not None:
+        series.ttft.append(first)
+
+
+async def _user(client, url, headers, model, index, requests, max_tokens, series) -> None:
+    for number in range(requests):
+        prompt = PROMPTS[(index * requests + number) % len(PROMPTS)]
+        await _one_request(client, url, headers, model, prompt, max_tokens, series)
+
+
+async def load(target: str, base_url: str, key: str | None, model: str, users: int, requests: int,
+               max_tokens: int) -> Series:
+    url = f"{base_url}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    series = Series(target, users)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10),
+                                 limits=httpx.Limits(max_connections=users + 2)) as client:
+        await _one_request(client, url, headers, model, "Hello", 4, Series(target, 0))  # warm the path
+        started = time.monotonic()
+        await asyncio.gather(*(_user(client, url, headers, model, i, requests, max_tokens, series)
+                               for i in range(users)))
+        series.seconds = time.monotonic() - started
+    return series
+
+
+def memory_bandwidth(host: Host, python: str) -> float:
+    """Bytes/s of a large array copy (read + write), best of five: the decode ceiling's numerator."""
+    script = ("import numpy as np, time\n"
+              "a = np.ones(1 << 26); b = np.empty_like(a); best = 1e9\n"
+              "for _ in range(5):\n    t = time.perf_counter(); np.copyto(b, a); best = min(best, time.perf_counter() - t)\n"
+              "print(2 * a.nbytes / best)\n")
+    return float(host.run(f"{python} -c {shlex.quote(script)}").strip())
+
+
+def llama_bench(host: Host, binary: str, model: str, threads: int) -> dict[str, float]:
+    output = host.run(f"systemd-run --quiet --wait --pipe --slice=nasai.slice --uid=nas-ai "
+                      f"{binary} -m {model} -t {threads} -p 64 -n 96 -r 3 -o json")
+    results = json.loads(output)
+    return {("prompt" if r["n_prompt"] else "generation"): r["avg_ts"] for r in results}
+
+
+def machine(host: Host) -> dict[str, str]:
+    facts = host.run("lscpu | sed -n 's/^Model name: *//p'; nproc; "
+                     "awk '/MemTotal/ {printf \"%.1f GiB\\n\", $2 / 1048576}' /proc/meminfo; uname -r; "
+                     "systemctl show -p CPUQuotaPerSecUSec --value nasai.slice").splitlines()
+    return {"cpu": facts[0], "cpus": facts[1], "memory": facts[2], "kernel": facts[3], "slice_cpu_quota": facts[4]}
+
+
+def start_direct(host: Host, config: dict, parallel: int) -> str:
+    """llama-server with the engine's own arguments, on the host's LAN address, in the stack's slice."""
+    direct = dict(config, native=dict(config["native"], parallel=parallel, socket="0.0.0.0"))
+    command = native.command(direct) + ["--port", str(DIRECT_PORT)]
+    host.run(f"systemctl stop {DIRECT_UNIT} 2>/dev/null; systemctl reset-failed {DIRECT_UNIT} 2>/dev/null; "
+             f"systemd-run --quiet --unit={DIRECT_UNIT} --slice=nasai.slice --uid=nas-ai "
+             f"{' '.join(shlex.quote(word) for word in command)}", check=False)
+    return " ".join(command[1:])
+
+
+def wait_healthy(url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"bench: {url} not healthy in {timeout:.0f} s")
+
+
+def plot(rows: list[dict], ceiling: float, raw: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    users = [row["users"] for row in rows]
+    for key, label in (("native_tokens_per_s", "native llama-server, direct"),
+                       ("stack_tokens_per_s", "the stack through the gateway")):
+        axis.plot(users, [row[key] for row in rows], marker="o", label=label)
+    axis.axhline(raw["generation"], color="grey", linestyle="--", label="llama-bench generation (1 sequence)")
+    axis.axhline(ceiling, color="red", linestyle=":", label="memory-bandwidth ceiling (1 sequence)")
+    axis.set_xlabel("concurrent users")
+    axis.set_ylabel("generated tokens/s (aggregate)")
+    axis.set_xticks(users)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inventory", default="inventory/lab.py")
+    parser.add_argument("--ssh-config", default=None, help="default: the lab's")
+    parser.add_argument("--users", default="1,4,8")
+    parser.add_argument("--requests-per-user", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--native-parallel", type=int, default=None,
+                        help="slots of the direct llama-server; default: the deployed engine's (8 under llama-cpp-python)")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+
+    from lab import config as lab_config
+    from tasks import secrets
+
+    groups = runpy.run_path(str(ROOT / args.inventory))
+    inference, gateway = groups["inference"], groups["gateway"]
+    if len(inference) != 1:
+        raise SystemExit(f"bench: {args.inventory} has {len(inference)} inference hosts; the stack's figures must "
+                         "come from one host: use a one-node inventory (python -m lab up --nodes 1)")
+    name, data = inference[0]
+    host = Host(name, args.ssh_config or str(lab_config.SSH_CONFIG))
+    address = data.get("ssh_hostname", name)
+    gateway_address = gateway[0][1].get("ssh_hostname", gateway[0][0])
+    config = json.loads(host.run("cat /etc/nas-ai/engine.json"))
+    engine_dir = str(Path(config["native"]["binary"]).parent.parent)
+    threads, server = config["model"]["n_threads"], config["server"]
+    engine = server if config.get("workers", 1) == 1 else f"{server} x{config['workers']} workers"
+    parallel = args.native_parallel or (config["native"]["parallel"] if server == "llama-server" else 8)
+    model_bytes = int(host.run(f"stat -L -c %s {config['model']['path']}"))
+    facts = machine(host)
+    bandwidth = memory_bandwidth(host, f"{engine_dir}/venv/bin/python")
+    ceiling = bandwidth / model_bytes
+    raw = llama_bench(host, f"{engine_dir}/bin/llama-bench", config["model"]["path"], threads)
+    print(f"{name}: {facts['cpu']}, {facts['cpus']} CPUs, {facts['memory']}, kernel {facts['kernel']}, "
+          f"slice CPU quota {facts['slice_cpu_quota'] or 'none'}/s")
+    print(f"model {config['model']['alias']} {model_bytes / 2**20:.0f} MiB, context {config['model']['n_ctx']}, "
+          f"{threads} threads; stack engine: {engine}" + (f" ({config['native']['parallel']} slots)" if server == "llama-server" else ""))
+    print(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s -> ceiling {ceiling:.0f} tokens/s for one sequence; "
+          f"llama-bench: prompt {raw['prompt']:.0f} tokens/s, generation {raw['generation']:.0f} tokens/s "
+          f"({raw['generation'] / ceiling:.0%} of the ceiling)")
+
+    direct_arguments = start_direct(host, config, parallel)
+    print(f"direct: llama-server {direct_arguments}")
+    rows = []
+    try:
+        wait_healthy(f"http://{address}:{DIRECT_PORT}")
+        key = next(iter(secrets.api_keys(None).values()))
+        for users in (int(u) for u in args.users.split(",")):
+            requests = args.requests_per_user if users > 1 else max(args.requests_per_user, 6)
+            direct = asyncio.run(load("native", f"http://{address}:{DIRECT_PORT}", None, config["model"]["alias"],
+                                      users, requests, args.max_tokens))
+            stack = asyncio.run(load("stack", f"http://{gateway_address}", key, config["model"]["alias"],
+                                     users, requests, args.max_tokens))
+            rows.append({
+                "users": users, "requests": users * requests, "engine": engine,
+                "native_tokens_per_s": round(direct.tokens_per_second, 1),
+                "stack_tokens_per_s": round(stack.tokens_per_second, 1),
+                "stack_over_native": round(stack.tokens_per_second / direct.tokens_per_second, 3)
+                if direct.tokens_per_second else float("nan"),
+                "native_ttft_p50_ms": round(direct.ttft_ms(0.5), 1), "stack_ttft_p50_ms": round(stack.ttft_ms(0.5), 1),
+                "native_ttft_p95_ms": round(direct.ttft_ms(0.95), 1), "stack_ttft_p95_ms": round(stack.ttft_ms(0.95), 1),
+                "stack_share_of_ceiling": round(stack.tokens_per_second / ceiling, 3),
+                "failures": direct.failures + stack.failures,
+            })
+    finally:
+        host.run(f"systemctl stop {DIRECT_UNIT}", check=False)
+
+    header = (f"{'users':>5} {'native tok/s':>12} {'stack tok/s':>11} {'stack/native':>12} "
+              f"{'TTFT p50 native':>15} {'stack':>8} {'delta':>8} {'stack/ceiling':>13} {'failures':>8}")
+    print(header)
+    for row in rows:
+        delta = row["stack_ttft_p50_ms"] - row["native_ttft_p50_ms"]
+        print(f"{row['users']:>5} {row['native_tokens_per_s']:>12.1f} {row['stack_tokens_per_s']:>11.1f} "
+              f"{row['stack_over_native']:>12.2f} {row['native_ttft_p50_ms']:>13.1f}ms {row['stack_ttft_p50_ms']:>6.1f}ms "
+              f"{delta:>+6.1f}ms {row['stack_share_of_ceiling']:>13.0%} {row['failures']:>8}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = config.get("workers", 1)
+    stem = out / (f"serving-{server}" + (f"-{workers}-workers" if workers > 1 else ""))
+    with open(f"{stem}.csv", "w", newline="") as csv_file:
+        writer = csv.DictWriter(csv_file, fieldnames=list(rows[0]) + ["llama_bench_prompt", "llama_bench_generation",
+                                                                      "ceiling_tokens_per_s", "cpu", "cpus"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dict(row, llama_bench_prompt=round(raw["prompt"], 1),
+                                 llama_bench_generation=round(raw["generation"], 1),
+                                 ceiling_tokens_per_s=round(ceiling, 1), cpu=facts["cpu"], cpus=facts["cpus"]))
+    plot(rows, ceiling, raw, Path(f"{stem}.png"),
+         f"{config['model']['alias']} on {facts['cpu']} ({facts['cpus']} CPUs), {threads} threads, "
+         f"stack engine {engine}, {args.max_tokens}-token answers")
+    print(f"wrote {stem}.csv and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The engine's front for child processes: llama.cpp's own `llama-server` (continuous batching
+over parallel slots), or several llama-cpp-python workers. Children listen on sockets in the
+unit's runtime directory; the front puts the same guard, health, warm-up and metrics before them
+as before the in-process llama-cpp-python engine. If a child dies, the front exits and systemd
+restarts the unit."""
+
+import asyncio
+import sys
+import time
+
+import httpx
+
+from nas_ai_engine import metrics
+from nas_ai_engine.guard import GUARDED_PATHS
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the ASGI server sets itself.
+_NOT_FORWARDED = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+                  b"proxy-connection", b"host", b"date", b"server"}
+
+
+def command(config: dict) -> list[str]:
+    """llama-server's arguments: one slot per concurrent request, each with the full context (the
+    memory budget counted a KV cache of n_ctx per slot), on a socket only this unit can reach.
+    The API key goes in its environment (LLAMA_API_KEY), not on a command line others can read."""
+    model, native = config["model"], config["native"]
+    threads = str(model["n_threads"])
+    return [
+        native["binary"], "--model", model["path"], "--alias", model["alias"], "--host", native["socket"],
+        "--parallel", str(native["parallel"]), "--ctx-size", str(model["n_ctx"] * native["parallel"]),
+        "--no-kv-unified", "--threads", threads, "--threads-batch", threads,
+        "--batch-size", str(model["n_batch"]), "--metrics", "--no-webui",
+        # /slots would show other users' prompts; the host-RAM prompt cache (8 GiB by default)
+        # is outside the memory budget.
+        "--no-slots", "--cache-ram", "0",
+        # Weights stay mmap'd page cache, counted against the slice's MemoryMax (no mlock).
+    ]
+
+
+class Upstream:
+    """ASGI app forwarding each request to a backend (llama-server, or llama-cpp-python workers)
+    and streaming its answer back as it comes. Generation requests take a ticket first: one per
+    llama-server slot, one per worker. Those without a ticket wait here, which is where the queue
+    wait is measured. A client that goes away cancels its request, which frees the slot at once."""
+
+    def __init__(self, tickets: list[httpx.AsyncClient], api_key: str):
+        self.any_client, self.api_key = tickets[0], api_key
+        self.idle: asyncio.Queue = asyncio.Queue()
+        for client in tickets:
+            self.idle.put_nowait(client)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        path = scope["raw_path"].decode() if scope.get("raw_path") else scope["path"]
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode()
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED]
+        request = (scope["method"], path, headers, b"".join(body))
+        generation = scope["path"] in GUARDED_PATHS
+        forward = asyncio.ensure_future(self._forward(request, send, generation))
+        watch = asyncio.ensure_future(self._disconnected(receive))
+        try:
+            await asyncio.wait({forward, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not forward.done():
+                forward.cancel()  # the client left: closing the connection stops the generation
+            await asyncio.gather(forward, watch, return_exceptions=True)
+        if forward.done() and not forward.cancelled() and forward.exception():
+            raise forward.exception()
+
+    @staticmethod
+    async def _disconnected(receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def _forward(self, request, send, generation: bool) -> None:
+        client = self.any_client
+        if generation:
+            arrival = time.monotonic()
+            metrics.WAITING.inc()
+            try:
+                client = await self.idle.get()
+            finally:
+                metrics.WAITING.dec()
+            metrics.QUEUE_WAIT.observe(time.monotonic() - arrival)
+        try:
+            method, path, headers, content = request
+            response = await client.send(client.build_request(method, path, headers=headers, content=content),
+                                         stream=True)
+            try:
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": [(k.lower(), v) for k, v in response.headers.raw
+                                        if k.lower() not in _NOT_FORWARDED]})
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                await response.aclose()
+        finally:
+            if generation:
+                self.idle.put_nowait(client)
+
+    async def metrics_text(self) -> bytes:
+        """llama-server's own counters (llamacpp:*), appended to this engine's /metrics."""
+        try:
+            response = await self.any_client.get("/metrics", timeout=5.0,
+                                             headers={"Authorization": f"Bearer {self.api_key}"})
+        except httpx.HTTPError:
+            return b""
+        return response.content if response.status_code == 200 else b""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the front dies, however it dies (uvicorn re-raises
+    SIGTERM after its shutdown, so the front may end before it can stop its children, and on
+    cgroup v1 systemd may not find them)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def _spawn(*command: str, env: dict | None = None):
+    return await asyncio.create_subprocess_exec(*command, env=env, preexec_fn=_die_with_parent)
+
+
+def _uds_client(socket_path: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url="http://engine", transport=httpx.AsyncHTTPTransport(uds=socket_path),
+        timeout=httpx.Timeout(None, connect=5.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+
+
+async def _until_ready(client: httpx.AsyncClient, child, path: str, api_key: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if child.returncode is not None:
+            sys.exit(f"nas_ai_engine: a child exited with {child.returncode} while loading")
+        try:
+            answer = await client.get(path, timeout=5.0, headers={"Authorization": f"Bearer {api_key}"})
+            if answer.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.2)
+    sys.exit("nas_ai_engine: the engine did not load its model in time")
+
+
+async def _front(config: dict, guard_factory, children: list, upstream: "Upstream", extra_metrics=None) -> None:
+    """Serve the guard over the upstream until a signal, or until a child dies (then exit 1 so
+    systemd restarts the whole unit)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(guard_factory(upstream, extra_metrics), host=config["host"],
+                                           port=config["port"], log_level="warning", access_log=False))
+    serving = asyncio.ensure_future(server.serve())
+    exits = [asyncio.ensure_future(child.wait()) for child in children]
+    done, _ = await asyncio.wait({serving, *exits}, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in exits:
+        waiting.cancel()
+    if serving not in done:
+        server.should_exit = True
+        await serving
+        sys.exit(f"nas_ai_engine: a child exited with {[c.returncode for c in children]}")
+
+
+async def _stop(children: list, clients: list) -> None:
+    for client in clients:
+        await client.aclose()
+    for child in children:
+        if child.returncode is None:
+            child.terminate()
+    for child in children:
+        await child.wait()
+
+
+async def serve(config: dict, guard_factory) -> None:
+    """llama-server as this process's child, behind the guard."""
+    import os
+
+    native, model = config["native"], config["model"]
+    child = await _spawn(*command(config), env=dict(os.environ, LLAMA_API_KEY=config["api_key"]))
+    client = _uds_client(native["socket"])
+    try:
+        deadline = time.monotonic() + config.get("ready_timeout_s", 300)
+        await _until_ready(client, child, "/health", config["api_key"], deadline)
+        # Warm-up before the port opens: the first request does not pay for page-ins and graph setup.
+        started = time.monotonic()
+        warm = await client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 1},
+                                 headers={"Authorization": f"Bearer {config['api_key']}"})
+        warm.raise_for_status()
+        print(f"nas_ai_engine: llama-server with {native['parallel']} slots, model {model['alias']} "
+              f"({model['sha256'][:12]}) warm in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        upstream = Upstream([client] * native["parallel"], config["api_key"])
+        await _front(config, guard_factory, [child], upstream, upstream.metrics_text)
+    finally:
+        await _stop([child], [client])
+
+
+def worker_socket(config: dict, index: int) -> str:
+    return str(config["native"]["socket"]).replace("llama-server.sock", f"worker-{index}.sock")
+
+
+async def serve_workers(config: dict, guard_factory) -> None:
+    """llama-cpp-python serves one request at a time per process: several worker processes (the
+    model's pages shared through mmap), each taking one request at a time from this front."""
+    workers = config["workers"]
+    children = [await _spawn(sys.executable, "-m", "nas_ai_engine", "worker", "--config", config["config_path"],
+                             "--index", str(index)) for index in range(workers)]
+    clients = [_uds_client(worker_socket(config, index)) for index in range(workers)]
+    try:
+        deadline = time.monotonic() + config.get("ready_timeout_s", 300)
+        for child, client in zip(children, clients):
+            await _until_ready(client, child, "/v1/models", config["api_key"], deadline)
+        print(f"nas_ai_engine: {workers} llama-cpp-python workers ready", file=sys.stderr, flush=True)
+        await _front(config, guard_factory, children, Upstream(clients, config["api_key"]))
+    finally:
+        await _stop(children, clients)
+
+
+def smoke(binary: str, model_path: str, timeout: float = 900) -> None:
+    """A real inference with this build's llama-server, on a free loopback port."""
+    import json
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = subprocess.Popen([binary, "--model", model_path, "--host", "127.0.0.1", "--port", str(port),
+                              "--ctx-size", "256", "--threads", "1", "--no-webui"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if child.poll() is not None:
+                sys.exit(f"nas_ai_engine: llama-server exited with {child.returncode}: {child.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit("nas_ai_engine: llama-server did not load the model in time")
+            time.sleep(0.2)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions", headers={"Content-Type": "application/json"},
+            data=json.dumps({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}).encode())
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.load(response)
+        if answer["usage"]["completion_tokens"] < 1:
+            sys.exit("nas_ai_engine: llama-server's smoke inference produced no token")
+        print(f"nas_ai_engine: llama-server smoke inference ok: {answer['choices'][0]['text']!r}")
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
