@@ -6,8 +6,9 @@
 - the deployed stack through its gateway (API key, nginx, the engine's guard, whichever engine
   `engine_server` selects);
 
-each at 1, 4 and 8 concurrent users streaming chat answers, with the host's memory bandwidth as
-the ceiling (bandwidth / bytes of weights = the most tokens/s one sequence can decode).
+each at 1, 4 and 8 concurrent users streaming chat answers (the median of alternating rounds),
+with the host's memory bandwidth as the ceiling (bandwidth / bytes of weights = the most tokens/s
+one sequence can decode).
 
     python -m bench.serving --inventory inventory/lab.py
 
@@ -57,6 +58,7 @@ class Series:
     seconds: float = 0.0
     ttft: list[float] = field(default_factory=list)
     failures: int = 0
+    errors: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -90,7 +92,7 @@ async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model
         async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 series.failures += 1
-                await response.aread()
+                series.errors.append(f"{response.status_code} {(await response.aread())[:200]!r}")
                 return
             async for line in response.aiter_lines():
                 if not line.startswith("data:") or line.endswith("[DONE]"):
@@ -100,8 +102,9 @@ async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model
                     tokens += 1
                     if first is None:
                         first = time.monotonic() - started
-    except httpx.HTTPError:
+    except httpx.HTTPError as error:
         series.failures += 1
+        series.errors.append(repr(error))
         return
     series.tokens += tokens
     if first is not None:
@@ -119,8 +122,10 @@ async def load(target: str, base_url: str, key: str | None, model: str, users: i
     url = f"{base_url}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     series = Series(target, users)
+    # New connections for every request, to both targets alike: llama-server closes kept-alive
+    # connections on its own terms, and a request racing that close would count as a failure.
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10),
-                                 limits=httpx.Limits(max_connections=users + 2)) as client:
+                                 limits=httpx.Limits(max_connections=users + 2, max_keepalive_connections=0)) as client:
         await _one_request(client, url, headers, model, "Hello", 4, Series(target, 0))  # warm the path
         started = time.monotonic()
         await asyncio.gather(*(_user(client, url, headers, model, i, requests, max_tokens, series)
@@ -201,6 +206,8 @@ def main() -> None:
     parser.add_argument("--ssh-config", default=None, help="default: the lab's")
     parser.add_argument("--users", default="1,4,8")
     parser.add_argument("--requests-per-user", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each target at each user count, alternating; the median is reported")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--native-parallel", type=int, default=None,
                         help="slots of the direct llama-server; default: the deployed engine's (8 under llama-cpp-python)")
@@ -245,12 +252,21 @@ def main() -> None:
         key = next(iter(secrets.api_keys(None).values()))
         for users in (int(u) for u in args.users.split(",")):
             requests = args.requests_per_user if users > 1 else max(args.requests_per_user, 6)
-            direct = asyncio.run(load("native", f"http://{address}:{DIRECT_PORT}", None, config["model"]["alias"],
-                                      users, requests, args.max_tokens))
-            stack = asyncio.run(load("stack", f"http://{gateway_address}", key, config["model"]["alias"],
-                                     users, requests, args.max_tokens))
+            runs = {"native": [], "stack": []}
+            for _ in range(args.rounds):  # alternating, so drifts of the machine hit both alike
+                runs["native"].append(asyncio.run(load("native", f"http://{address}:{DIRECT_PORT}", None,
+                                                       config["model"]["alias"], users, requests, args.max_tokens)))
+                runs["stack"].append(asyncio.run(load("stack", f"http://{gateway_address}", key,
+                                                      config["model"]["alias"], users, requests, args.max_tokens)))
+            direct, stack = (sorted(runs[t], key=lambda r: r.tokens_per_second)[len(runs[t]) // 2]
+                             for t in ("native", "stack"))
+            direct.failures, stack.failures = (sum(r.failures for r in runs[t]) for t in ("native", "stack"))
+            direct.errors, stack.errors = ([e for r in runs[t] for e in r.errors] for t in ("native", "stack"))
+            for series in (direct, stack):
+                for error in series.errors:
+                    print(f"bench: {series.target} at {users} users: {error}", file=sys.stderr)
             rows.append({
-                "users": users, "requests": users * requests, "engine": engine,
+                "users": users, "requests": users * requests * args.rounds, "engine": engine,
                 "native_tokens_per_s": round(direct.tokens_per_second, 1),
                 "stack_tokens_per_s": round(stack.tokens_per_second, 1),
                 "stack_over_native": round(stack.tokens_per_second / direct.tokens_per_second, 3)

@@ -36,9 +36,19 @@ SDIST = f"{ENGINE_PACKAGE.replace('-', '_')}-{ENGINE_VERSION}.tar.gz"
 _builders: dict[str, str] = {}
 
 
+PYTHON_PACKAGES = '"${wheel}[server]" prometheus-client httpx uvloop httptools'
+
+
 def build_id(profile: CpuProfile) -> str:
-    recipe = profile.cmake_args() + NATIVE_CMAKE + (FILES / "constraints.txt").read_text()
+    """What is compiled: changes only with the version or the CMake flags."""
+    recipe = profile.cmake_args() + NATIVE_CMAKE
     return f"{ENGINE_VERSION}-{profile.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
+
+
+def install_id(profile: CpuProfile) -> str:
+    """What is installed from a build: also changes with the Python packages beside it."""
+    recipe = PYTHON_PACKAGES + (FILES / "constraints.txt").read_text()
+    return f"{build_id(profile)}-py{hashlib.sha256(recipe.encode()).hexdigest()[:6]}"
 
 
 def cached_build(build: str) -> list[Path] | None:
@@ -55,13 +65,13 @@ def builder_in_this_run(profile: CpuProfile) -> str | None:
 def paths() -> dict[str, str]:
     plan = preflight.plan()
     engine = f"{plan.settings.system_install_dir}/engine"
-    build = build_id(plan.profile)
+    build, installed = build_id(plan.profile), install_id(plan.profile)
     return {
         "engine": engine,
         "app": f"{engine}/app",
         "constraints": f"{engine}/constraints.txt",
         "wheels": f"{engine}/wheels/{build}",
-        "build": f"{engine}/builds/{build}",
+        "build": f"{engine}/builds/{installed}",
         "current": f"{engine}/current",
         "python": f"{engine}/current/venv/bin/python",
         "llama_server": f"{engine}/current/bin/llama-server",
@@ -109,7 +119,7 @@ rm -rf {build}
 mkdir -p {build}/bin
 python3 -m venv {venv}
 wheel=$(ls {p['wheels']}/*.whl)
-{venv}/bin/pip install --quiet --disable-pip-version-check -c {p['constraints']} "${{wheel}}[server]" prometheus-client httpx
+{venv}/bin/pip install --quiet --disable-pip-version-check -c {p['constraints']} {PYTHON_PACKAGES}
 tar -xzf {p['wheels']}/native.tar.gz -C {build}/bin
 if ! PYTHONPATH={p['app']} {venv}/bin/python -m nas_ai_engine smoke {model_path} --llama-server {build}/bin/llama-server; then
     rm -rf {build}
@@ -124,7 +134,7 @@ touch {build}/verified"""
 def install() -> bool:
     plan = preflight.plan()
     p = paths()
-    build = Path(p["build"]).name
+    build = build_id(plan.profile)
     apt.packages(name="Install the engine's runtime packages", packages=RUNTIME_PACKAGES,
                  no_recommends=True, cache_time=24 * 3600, update=True)
     for directory in (p["engine"], p["app"], f"{p['engine']}/builds", f"{p['engine']}/wheels"):
@@ -175,5 +185,5 @@ rm -rf {work}"""])
             _install_verified(p, plan.model_path)
 
     selected = files.link(name="Select the engine build", path=p["current"],
-                          target=f"builds/{build}", user="root", group="root")
+                          target=f"builds/{Path(p['build']).name}", user="root", group="root")
     return changed or selected.will_change

@@ -74,7 +74,9 @@ def _serve_llama_cpp_python(config: dict, guard, uds: str | None = None) -> None
     if uds:  # a worker behind the front, which guards and measures
         uvicorn.run(app, uds=uds, log_level="warning", access_log=False)
     else:
-        uvicorn.run(guard(app), host=config["host"], port=config["port"], log_level="warning", access_log=False)
+        from nas_ai_engine.native import KEEP_ALIVE_S
+        uvicorn.run(guard(app), host=config["host"], port=config["port"], log_level="warning", access_log=False,
+                    timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def wait_ready(config: dict, timeout: float) -> None:

@@ -18,6 +18,11 @@ _NOT_FORWARDED = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"t
                   b"proxy-connection", b"host", b"date", b"server"}
 
 
+# Longer than nginx's keepalive_timeout to its upstreams (60 s): the gateway, not the engine,
+# closes idle connections, so nginx never sends a request on a connection being closed.
+KEEP_ALIVE_S = 75
+
+
 def command(config: dict) -> list[str]:
     """llama-server's arguments: one slot per concurrent request, each with the full context (the
     memory budget counted a KV cache of n_ctx per slot), on a socket only this unit can reach.
@@ -134,10 +139,13 @@ async def _spawn(*command: str, env: dict | None = None):
 
 
 def _uds_client(socket_path: str) -> httpx.AsyncClient:
+    # One connection per request: llama-server closes kept-alive connections on its own terms
+    # (idle time, request count), and a request sent as it closes one fails with "disconnected
+    # without a response" (seen under load). A new Unix-socket connection costs microseconds.
     return httpx.AsyncClient(
         base_url="http://engine", transport=httpx.AsyncHTTPTransport(uds=socket_path),
         timeout=httpx.Timeout(None, connect=5.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
 
 
 async def _until_ready(client: httpx.AsyncClient, child, path: str, api_key: str, deadline: float) -> None:
@@ -160,7 +168,8 @@ async def _front(config: dict, guard_factory, children: list, upstream: "Upstrea
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(guard_factory(upstream, extra_metrics), host=config["host"],
-                                           port=config["port"], log_level="warning", access_log=False))
+                                           port=config["port"], log_level="warning", access_log=False,
+                                           timeout_keep_alive=KEEP_ALIVE_S))
     serving = asyncio.ensure_future(server.serve())
     exits = [asyncio.ensure_future(child.wait()) for child in children]
     done, _ = await asyncio.wait({serving, *exits}, return_when=asyncio.FIRST_COMPLETED)
