@@ -49,7 +49,9 @@ def test_one_data_key_switches_the_engine_and_back(deployment, gateway_url, api_
             assert len(processes) == 1 and "nas_ai_engine serve" in processes[0], processes
         _chat(gateway_url, api_key)
 
-        workers = deploy("inventory/lab.py", "--data", "engine_server=llama-cpp-python", "--data", "engine_workers=2")
+        # A worker per thread: the lab gives each host one thread, so this step asks for two.
+        workers = deploy("inventory/lab.py", "--data", "engine_server=llama-cpp-python", "--data", "engine_workers=2",
+                         "--data", "engine_threads=2")
         assert workers.returncode == 0, workers.stdout[-4000:] + workers.stderr[-2000:]
         for processes in _engine_processes(deployment):
             assert sum("nas_ai_engine worker" in p for p in processes) == 2, processes
