@@ -134,9 +134,8 @@ class _ResponseObserver:
                     metrics.TIME_TO_FIRST_TOKEN.labels(self.endpoint).observe(time.monotonic() - self.arrival)
 
     def finish(self) -> None:
-        elapsed = time.monotonic() - self.arrival
         metrics.REQUESTS.labels(self.endpoint, self.status).inc()
-        metrics.DURATION.labels(self.endpoint).observe(elapsed)
+        metrics.DURATION.labels(self.endpoint).observe(time.monotonic() - self.arrival)
         if self.plain_body and self.status == "200":
             try:
                 answer = json.loads(b"".join(self.plain_body))
