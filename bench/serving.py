@@ -59,6 +59,10 @@ class Series:
     ttft: list[float] = field(default_factory=list)
     failures: int = 0
     errors: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the stack's processes
+
+    def cpu_us_per_token(self, process: str) -> float:
+        return 1e6 * self.cpu.get(process, 0.0) / self.tokens if self.tokens else float("nan")
 
     @property
     def tokens_per_second(self) -> float:
@@ -132,6 +136,28 @@ async def load(target: str, base_url: str, key: str | None, model: str, users: i
                                for i in range(users)))
         series.seconds = time.monotonic() - started
     return series
+
+
+# CPU seconds (user + system) of the stack's processes on a host, from /proc: the engine unit's
+# front (its main process), its children (llama-server or workers) and nginx's processes.
+_CPU_SCRIPT = r"""
+front=$(systemctl show -p MainPID --value nas-ai-engine)
+ticks() { for pid in "$@"; do [ -r /proc/$pid/stat ] && cut -d' ' -f14,15 /proc/$pid/stat; done | awk '{s += $1 + $2} END {print s + 0}'; }
+echo front $(ticks $front)
+echo engine $(ticks $(pgrep -P $front))
+echo nginx $(ticks $(pgrep -x nginx))
+echo hz $(getconf CLK_TCK)
+"""
+
+
+def stack_cpu(host: Host, gateway: Host) -> dict[str, float]:
+    """The engine's processes on the inference host, nginx's on the gateway."""
+    def read(on: Host) -> dict[str, float]:
+        figures = dict(line.split() for line in on.run(_CPU_SCRIPT).split("\n") if line.strip())
+        return {name: float(value) / float(figures["hz"]) for name, value in figures.items() if name != "hz"}
+
+    engine = read(host)
+    return dict(engine, nginx=(engine if gateway.name == host.name else read(gateway))["nginx"])
 
 
 def memory_bandwidth(host: Host, python: str) -> float:
@@ -226,6 +252,7 @@ def main() -> None:
     host = Host(name, args.ssh_config or str(lab_config.SSH_CONFIG))
     address = data.get("ssh_hostname", name)
     gateway_address = gateway[0][1].get("ssh_hostname", gateway[0][0])
+    gateway_host = Host(gateway[0][0], host.ssh_config)
     config = json.loads(host.run("cat /etc/nas-ai/engine.json"))
     engine_dir = str(Path(config["native"]["binary"]).parent.parent)
     threads, server = config["model"]["n_threads"], config["server"]
@@ -256,8 +283,11 @@ def main() -> None:
             for _ in range(args.rounds):  # alternating, so drifts of the machine hit both alike
                 runs["native"].append(asyncio.run(load("native", f"http://{address}:{DIRECT_PORT}", None,
                                                        config["model"]["alias"], users, requests, args.max_tokens)))
-                runs["stack"].append(asyncio.run(load("stack", f"http://{gateway_address}", key,
-                                                      config["model"]["alias"], users, requests, args.max_tokens)))
+                before = stack_cpu(host, gateway_host)
+                stack_run = asyncio.run(load("stack", f"http://{gateway_address}", key,
+                                             config["model"]["alias"], users, requests, args.max_tokens))
+                stack_run.cpu = {name: used - before[name] for name, used in stack_cpu(host, gateway_host).items()}
+                runs["stack"].append(stack_run)
             direct, stack = (sorted(runs[t], key=lambda r: r.tokens_per_second)[len(runs[t]) // 2]
                              for t in ("native", "stack"))
             direct.failures, stack.failures = (sum(r.failures for r in runs[t]) for t in ("native", "stack"))
@@ -274,19 +304,24 @@ def main() -> None:
                 "native_ttft_p50_ms": round(direct.ttft_ms(0.5), 1), "stack_ttft_p50_ms": round(stack.ttft_ms(0.5), 1),
                 "native_ttft_p95_ms": round(direct.ttft_ms(0.95), 1), "stack_ttft_p95_ms": round(stack.ttft_ms(0.95), 1),
                 "stack_share_of_ceiling": round(stack.tokens_per_second / ceiling, 3),
+                # What the stack's relay costs per token on a machine whose cores all decode.
+                "front_cpu_us_per_token": round(stack.cpu_us_per_token("front")),
+                "nginx_cpu_us_per_token": round(stack.cpu_us_per_token("nginx")),
                 "failures": direct.failures + stack.failures,
             })
     finally:
         host.run(f"systemctl stop {DIRECT_UNIT}", check=False)
 
     header = (f"{'users':>5} {'native tok/s':>12} {'stack tok/s':>11} {'stack/native':>12} "
-              f"{'TTFT p50 native':>15} {'stack':>8} {'delta':>8} {'stack/ceiling':>13} {'failures':>8}")
+              f"{'TTFT p50 native':>15} {'stack':>8} {'delta':>8} {'stack/ceiling':>13} {'failures':>8} "
+              f"{'CPU us/token: front':>19} {'nginx':>6}")
     print(header)
     for row in rows:
         delta = row["stack_ttft_p50_ms"] - row["native_ttft_p50_ms"]
         print(f"{row['users']:>5} {row['native_tokens_per_s']:>12.1f} {row['stack_tokens_per_s']:>11.1f} "
               f"{row['stack_over_native']:>12.2f} {row['native_ttft_p50_ms']:>13.1f}ms {row['stack_ttft_p50_ms']:>6.1f}ms "
-              f"{delta:>+6.1f}ms {row['stack_share_of_ceiling']:>13.0%} {row['failures']:>8}")
+              f"{delta:>+6.1f}ms {row['stack_share_of_ceiling']:>13.0%} {row['failures']:>8} "
+              f"{row['front_cpu_us_per_token']:>19} {row['nginx_cpu_us_per_token']:>6}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workers = config.get("workers", 1)

@@ -36,7 +36,7 @@ SDIST = f"{ENGINE_PACKAGE.replace('-', '_')}-{ENGINE_VERSION}.tar.gz"
 _builders: dict[str, str] = {}
 
 
-PYTHON_PACKAGES = '"${wheel}[server]" prometheus-client httpx uvloop httptools'
+PYTHON_PACKAGES = '"${wheel}[server]" prometheus-client uvloop httptools'
 
 
 def build_id(profile: CpuProfile) -> str:

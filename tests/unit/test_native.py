@@ -1,6 +1,11 @@
 """llama-server's command line, as the engine process starts it."""
 
-from nas_ai_engine import native
+import asyncio
+import time
+
+import pytest
+
+from nas_ai_engine import native, uds_http
 
 CONFIG = {
     "api_key": "backend-secret-key",
@@ -39,62 +44,149 @@ def test_no_secret_on_the_command_line_and_nothing_outside_the_budget():
     assert options["--cache-ram"] == "0" and "--no-slots" in options and "--no-webui" in options
 
 
-def test_requests_beyond_the_tickets_wait_in_the_front_and_that_wait_is_measured():
-    import asyncio
-    import time
+class _Backend:
+    """A real HTTP server (uvicorn, as the llama-cpp-python workers run) on a Unix socket, in
+    this event loop: /v1/completions takes 0.2 s of a slot; /stream sends `pieces` chunks; /v1/models
+    answers with a Content-Length body; /v1/chat/completions never answers until the client leaves."""
 
-    import httpx
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+        self.busy = self.most = 0
+        self.disconnects = 0
 
+    async def __call__(self, scope, receive, send):
+        await receive()
+        path = scope["path"]
+        if path == "/v1/completions":
+            self.busy += 1
+            self.most = max(self.most, self.busy)
+            await asyncio.sleep(0.2)
+            self.busy -= 1
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b'{"ok": true}'})
+        elif path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+            for number in range(50):
+                await send({"type": "http.response.body", "body": b"data: %d\n\n" % number, "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        elif path == "/v1/chat/completions":  # hangs until the client leaves
+            if (await receive())["type"] == "http.disconnect":
+                self.disconnects += 1
+        else:
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"9")]})
+            await send({"type": "http.response.body", "body": b"not found"})
+
+    async def serve(self, body):
+        import uvicorn
+
+        server = uvicorn.Server(uvicorn.Config(self, uds=self.socket_path, log_level="warning", http="httptools",
+                                                    lifespan="off"))
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()  # raises what stopped it
+            await asyncio.sleep(0.01)
+        try:
+            return await body()
+        finally:
+            server.should_exit = True
+            await serving
+
+
+async def _call(upstream, path: str, body: bytes = b"{}", stay: float = 5.0):
+    """One request through the front's upstream, as uvicorn would hand it over; the client stays
+    `stay` seconds, then goes away."""
+    sent, calls = [], {"n": 0}
+
+    async def receive():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(stay)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await upstream({"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "headers": [],
+                    "query_string": b""}, receive, send)
+    return sent
+
+
+def test_requests_beyond_the_tickets_wait_in_the_front_and_that_wait_is_measured(tmp_path):
     from nas_ai_engine import metrics
 
-    busy = {"now": 0, "most": 0}
-
-    async def backend(scope, receive, send):  # one slot's worth of work: 0.2 s
-        await receive()
-        busy["now"] += 1
-        busy["most"] = max(busy["most"], busy["now"])
-        await asyncio.sleep(0.2)
-        busy["now"] -= 1
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": b"{}"})
+    backend = _Backend(str(tmp_path / "engine.sock"))
 
     def sample(name):
         return metrics.REGISTRY.get_sample_value(name) or 0
 
     async def three_requests():
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=backend), base_url="http://llama-server")
-        upstream = native.Upstream([client, client], "key")
-        statuses = []
-
-        async def one():
-            sent = []
-
-            async def receive():
-                await asyncio.sleep(5)  # the client stays connected
-                return {"type": "http.disconnect"}
-
-            async def first_receive():
-                first_receive.calls += 1
-                if first_receive.calls == 1:
-                    return {"type": "http.request", "body": b'{"prompt": "x"}', "more_body": False}
-                return await receive()
-            first_receive.calls = 0
-
-            async def send(message):
-                sent.append(message)
-
-            await upstream({"type": "http", "method": "POST", "path": "/v1/completions", "headers": [],
-                            "query_string": b""}, first_receive, send)
-            statuses.append(sent[0]["status"])
-
-        await asyncio.gather(one(), one(), one())
-        await client.aclose()
-        return statuses
+        upstream = native.Upstream([backend.socket_path] * 2, "key")
+        answers = await asyncio.gather(*(_call(upstream, "/v1/completions") for _ in range(3)))
+        return [answer[0]["status"] for answer in answers], [answer[1]["body"] for answer in answers]
 
     before = (sample("nas_ai_engine_queue_wait_seconds_count"), sample("nas_ai_engine_queue_wait_seconds_sum"))
     started = time.monotonic()
-    assert asyncio.run(three_requests()) == [200, 200, 200]
+    statuses, bodies = asyncio.run(backend.serve(three_requests))
     elapsed = time.monotonic() - started
-    assert busy["most"] == 2 and 0.38 < elapsed < 1.5  # two at once, the third after them
+    assert statuses == [200, 200, 200] and bodies == [b'{"ok": true}'] * 3
+    assert backend.most == 2 and 0.38 < elapsed < 2.5  # two at once, the third after them
     assert sample("nas_ai_engine_queue_wait_seconds_count") - before[0] == 3
     assert sample("nas_ai_engine_queue_wait_seconds_sum") - before[1] >= 0.18  # the third waited ~0.2 s
+
+
+def test_a_stream_passes_through_whole_and_in_order_and_errors_keep_their_status(tmp_path):
+    backend = _Backend(str(tmp_path / "engine.sock"))
+
+    async def both():
+        upstream = native.Upstream([backend.socket_path], "key")
+        return await _call(upstream, "/stream"), await _call(upstream, "/missing")
+
+    stream, missing = asyncio.run(backend.serve(both))
+    assert stream[0]["status"] == 200
+    assert (b"content-type", b"text/event-stream") in stream[0]["headers"]
+    assert not any(name in (b"transfer-encoding", b"connection") for name, _ in stream[0]["headers"])
+    body = b"".join(message.get("body", b"") for message in stream[1:])
+    assert body == b"".join(b"data: %d\n\n" % number for number in range(50)) + b"data: [DONE]\n\n"
+    assert stream[-1]["more_body"] is False
+    assert missing[0]["status"] == 404 and missing[1]["body"] == b"not found"
+
+
+def test_a_client_that_leaves_closes_the_backend_connection_and_frees_its_ticket(tmp_path):
+    backend = _Backend(str(tmp_path / "engine.sock"))
+
+    async def leave_then_ask_again():
+        upstream = native.Upstream([backend.socket_path], "key")
+        await _call(upstream, "/v1/chat/completions", stay=0.3)
+        for _ in range(100):  # uvicorn notices the closed connection on its next read
+            if backend.disconnects:
+                break
+            await asyncio.sleep(0.02)
+        return upstream.idle.qsize()
+
+    assert asyncio.run(backend.serve(leave_then_ask_again)) == 1
+    assert backend.disconnects == 1
+
+
+def test_a_cut_answer_is_an_error_not_a_short_success(tmp_path):
+    socket_path = str(tmp_path / "cut.sock")
+
+    async def cut_server():
+        async def answer(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(answer, socket_path)
+        async with server:
+            reply = await uds_http.exchange(socket_path, "GET", "/", [])
+            try:
+                await reply.read()
+            finally:
+                reply.close()
+
+    with pytest.raises(uds_http.BackendError, match="short"):
+        asyncio.run(cut_server())

@@ -8,9 +8,7 @@ import asyncio
 import sys
 import time
 
-import httpx
-
-from nas_ai_engine import metrics
+from nas_ai_engine import metrics, uds_http
 from nas_ai_engine.guard import GUARDED_PATHS
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the ASGI server sets itself.
@@ -42,16 +40,17 @@ def command(config: dict) -> list[str]:
 
 
 class Upstream:
-    """ASGI app forwarding each request to a backend (llama-server, or llama-cpp-python workers)
-    and streaming its answer back as it comes. Generation requests take a ticket first: one per
-    llama-server slot, one per worker. Those without a ticket wait here, which is where the queue
-    wait is measured. A client that goes away cancels its request, which frees the slot at once."""
+    """ASGI app forwarding each request to a backend socket (llama-server's, or one per
+    llama-cpp-python worker) and streaming its answer back as it comes. Generation requests take a
+    ticket first: one per llama-server slot, one per worker. Those without a ticket wait here,
+    which is where the queue wait is measured. A client that goes away cancels its request, which
+    frees the slot at once."""
 
-    def __init__(self, tickets: list[httpx.AsyncClient], api_key: str):
-        self.any_client, self.api_key = tickets[0], api_key
+    def __init__(self, tickets: list[str], api_key: str):
+        self.any_socket, self.api_key = tickets[0], api_key
         self.idle: asyncio.Queue = asyncio.Queue()
-        for client in tickets:
-            self.idle.put_nowait(client)
+        for socket_path in tickets:
+            self.idle.put_nowait(socket_path)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -63,11 +62,10 @@ class Upstream:
                 return
             body.append(message.get("body", b""))
             more = message.get("more_body", False)
-        path = scope["raw_path"].decode() if scope.get("raw_path") else scope["path"]
+        target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string"):
-            path += "?" + scope["query_string"].decode()
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _NOT_FORWARDED]
-        request = (scope["method"], path, headers, b"".join(body))
+            target += "?" + scope["query_string"].decode("latin-1")
+        request = (scope["method"], target, scope["headers"], b"".join(body))
         generation = scope["path"] in GUARDED_PATHS
         forward = asyncio.ensure_future(self._forward(request, send, generation))
         watch = asyncio.ensure_future(self._disconnected(receive))
@@ -87,40 +85,41 @@ class Upstream:
             pass
 
     async def _forward(self, request, send, generation: bool) -> None:
-        client = self.any_client
+        socket_path = self.any_socket
         if generation:
             arrival = time.monotonic()
             metrics.WAITING.inc()
             try:
-                client = await self.idle.get()
+                socket_path = await self.idle.get()
             finally:
                 metrics.WAITING.dec()
             metrics.QUEUE_WAIT.observe(time.monotonic() - arrival)
         try:
-            method, path, headers, content = request
-            response = await client.send(client.build_request(method, path, headers=headers, content=content),
-                                         stream=True)
+            answer = await uds_http.exchange(socket_path, *request)
             try:
-                await send({"type": "http.response.start", "status": response.status_code,
-                            "headers": [(k.lower(), v) for k, v in response.headers.raw
-                                        if k.lower() not in _NOT_FORWARDED]})
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.start", "status": answer.status,
+                            "headers": [(name.lower(), value) for name, value in answer.headers
+                                        if name.lower() not in _NOT_FORWARDED]})
+                async for piece in answer.chunks():
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
-                await response.aclose()
+                answer.close()
         finally:
             if generation:
-                self.idle.put_nowait(client)
+                self.idle.put_nowait(socket_path)
 
     async def metrics_text(self) -> bytes:
         """llama-server's own counters (llamacpp:*), appended to this engine's /metrics."""
         try:
-            response = await self.any_client.get("/metrics", timeout=5.0,
-                                             headers={"Authorization": f"Bearer {self.api_key}"})
-        except httpx.HTTPError:
+            status, body = await uds_http.fetch(self.any_socket, "GET", "/metrics", _bearer(self.api_key), timeout=5.0)
+        except (OSError, asyncio.TimeoutError, uds_http.BackendError):
             return b""
-        return response.content if response.status_code == 200 else b""
+        return body if status == 200 else b""
+
+
+def _bearer(api_key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", b"Bearer " + api_key.encode())]
 
 
 def _die_with_parent() -> None:
@@ -138,26 +137,16 @@ async def _spawn(*command: str, env: dict | None = None):
     return await asyncio.create_subprocess_exec(*command, env=env, preexec_fn=_die_with_parent)
 
 
-def _uds_client(socket_path: str) -> httpx.AsyncClient:
-    # One connection per request: llama-server closes kept-alive connections on its own terms
-    # (idle time, request count), and a request sent as it closes one fails with "disconnected
-    # without a response" (seen under load). A new Unix-socket connection costs microseconds.
-    return httpx.AsyncClient(
-        base_url="http://engine", transport=httpx.AsyncHTTPTransport(uds=socket_path),
-        timeout=httpx.Timeout(None, connect=5.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
-
-
-async def _until_ready(client: httpx.AsyncClient, child, path: str, api_key: str, deadline: float) -> None:
+async def _until_ready(socket_path: str, child, path: str, api_key: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         if child.returncode is not None:
             sys.exit(f"nas_ai_engine: a child exited with {child.returncode} while loading")
         try:
-            answer = await client.get(path, timeout=5.0, headers={"Authorization": f"Bearer {api_key}"})
-            if answer.status_code == 200:
+            status, _ = await uds_http.fetch(socket_path, "GET", path, _bearer(api_key), timeout=5.0)
+            if status == 200:
                 return
-        except httpx.HTTPError:
-            pass
+        except (OSError, asyncio.TimeoutError, uds_http.BackendError):
+            pass  # not listening yet, or loading
         await asyncio.sleep(0.2)
     sys.exit("nas_ai_engine: the engine did not load its model in time")
 
@@ -181,9 +170,7 @@ async def _front(config: dict, guard_factory, children: list, upstream: "Upstrea
         sys.exit(f"nas_ai_engine: a child exited with {[c.returncode for c in children]}")
 
 
-async def _stop(children: list, clients: list) -> None:
-    for client in clients:
-        await client.aclose()
+async def _stop(children: list) -> None:
     for child in children:
         if child.returncode is None:
             child.terminate()
@@ -193,25 +180,28 @@ async def _stop(children: list, clients: list) -> None:
 
 async def serve(config: dict, guard_factory) -> None:
     """llama-server as this process's child, behind the guard."""
+    import json
     import os
 
     native, model = config["native"], config["model"]
-    child = await _spawn(*command(config), env=dict(os.environ, LLAMA_API_KEY=config["api_key"]))
-    client = _uds_client(native["socket"])
+    socket_path, key = native["socket"], config["api_key"]
+    child = await _spawn(*command(config), env=dict(os.environ, LLAMA_API_KEY=key))
     try:
         deadline = time.monotonic() + config.get("ready_timeout_s", 300)
-        await _until_ready(client, child, "/health", config["api_key"], deadline)
+        await _until_ready(socket_path, child, "/health", key, deadline)
         # Warm-up before the port opens: the first request does not pay for page-ins and graph setup.
         started = time.monotonic()
-        warm = await client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 1},
-                                 headers={"Authorization": f"Bearer {config['api_key']}"})
-        warm.raise_for_status()
+        status, answer = await uds_http.fetch(
+            socket_path, "POST", "/v1/completions", _bearer(key) + [(b"content-type", b"application/json")],
+            json.dumps({"prompt": "Hello", "max_tokens": 1}).encode())
+        if status != 200:
+            sys.exit(f"nas_ai_engine: llama-server's warm-up answered {status}: {answer[:500]!r}")
         print(f"nas_ai_engine: llama-server with {native['parallel']} slots, model {model['alias']} "
               f"({model['sha256'][:12]}) warm in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-        upstream = Upstream([client] * native["parallel"], config["api_key"])
+        upstream = Upstream([socket_path] * native["parallel"], key)
         await _front(config, guard_factory, [child], upstream, upstream.metrics_text)
     finally:
-        await _stop([child], [client])
+        await _stop([child])
 
 
 def worker_socket(config: dict, index: int) -> str:
@@ -224,15 +214,15 @@ async def serve_workers(config: dict, guard_factory) -> None:
     workers = config["workers"]
     children = [await _spawn(sys.executable, "-m", "nas_ai_engine", "worker", "--config", config["config_path"],
                              "--index", str(index)) for index in range(workers)]
-    clients = [_uds_client(worker_socket(config, index)) for index in range(workers)]
+    sockets = [worker_socket(config, index) for index in range(workers)]
     try:
         deadline = time.monotonic() + config.get("ready_timeout_s", 300)
-        for child, client in zip(children, clients):
-            await _until_ready(client, child, "/v1/models", config["api_key"], deadline)
+        for child, socket_path in zip(children, sockets):
+            await _until_ready(socket_path, child, "/v1/models", config["api_key"], deadline)
         print(f"nas_ai_engine: {workers} llama-cpp-python workers ready", file=sys.stderr, flush=True)
-        await _front(config, guard_factory, children, Upstream(clients, config["api_key"]))
+        await _front(config, guard_factory, children, Upstream(sockets, config["api_key"]))
     finally:
-        await _stop(children, clients)
+        await _stop(children)
 
 
 def smoke(binary: str, model_path: str, timeout: float = 900) -> None:
