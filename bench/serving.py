@@ -139,7 +139,8 @@ async def load(target: str, base_url: str, key: str | None, model: str, users: i
 
 
 # CPU seconds (user + system) of the stack's processes on a host, from /proc: the engine unit's
-# front (its main process), its children (llama-server or workers) and nginx's processes.
+# front (its main process; the whole engine when llama-cpp-python runs in that process), its
+# children (llama-server or workers) and nginx's processes.
 _CPU_SCRIPT = r"""
 front=$(systemctl show -p MainPID --value nas-ai-engine)
 ticks() { for pid in "$@"; do [ -r /proc/$pid/stat ] && cut -d' ' -f14,15 /proc/$pid/stat; done | awk '{s += $1 + $2} END {print s + 0}'; }
