@@ -46,8 +46,9 @@ def test_no_secret_on_the_command_line_and_nothing_outside_the_budget():
 
 class _Backend:
     """A real HTTP server (uvicorn, as the llama-cpp-python workers run) on a Unix socket, in
-    this event loop: /v1/completions takes 0.2 s of a slot; /stream sends `pieces` chunks; /v1/models
-    answers with a Content-Length body; /v1/chat/completions never answers until the client leaves."""
+    this event loop: /v1/completions takes 0.2 s of a slot; /stream sends 50 chunks then [DONE];
+    /v1/chat/completions never answers until the client leaves; any other path is a 404 with a
+    Content-Length body."""
 
     def __init__(self, socket_path: str):
         self.socket_path = socket_path

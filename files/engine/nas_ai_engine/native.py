@@ -11,9 +11,8 @@ import time
 from nas_ai_engine import metrics, uds_http
 from nas_ai_engine.guard import GUARDED_PATHS
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and those the ASGI server sets itself.
-_NOT_FORWARDED = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-                  b"proxy-connection", b"host", b"date", b"server"}
+# Hop-by-hop headers and those the ASGI server sets itself.
+_NOT_FORWARDED = uds_http.HOP_BY_HOP | {b"host", b"date", b"server"}
 
 
 # Longer than nginx's keepalive_timeout to its upstreams (60 s): the gateway, not the engine,
@@ -113,7 +112,7 @@ class Upstream:
         """llama-server's own counters (llamacpp:*), appended to this engine's /metrics."""
         try:
             status, body = await uds_http.fetch(self.any_socket, "GET", "/metrics", _bearer(self.api_key), timeout=5.0)
-        except (OSError, asyncio.TimeoutError, uds_http.BackendError):
+        except uds_http.UNREACHABLE:
             return b""
         return body if status == 200 else b""
 
@@ -145,7 +144,7 @@ async def _until_ready(socket_path: str, child, path: str, api_key: str, deadlin
             status, _ = await uds_http.fetch(socket_path, "GET", path, _bearer(api_key), timeout=5.0)
             if status == 200:
                 return
-        except (OSError, asyncio.TimeoutError, uds_http.BackendError):
+        except uds_http.UNREACHABLE:
             pass  # not listening yet, or loading
         await asyncio.sleep(0.2)
     sys.exit("nas_ai_engine: the engine did not load its model in time")

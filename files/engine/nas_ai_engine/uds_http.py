@@ -13,13 +13,19 @@ CONNECT_TIMEOUT_S = 5.0
 # A header line or a chunk-size line longer than this is not from our children.
 _LINE_LIMIT = 1 << 20
 _READ_SIZE = 1 << 16
+# Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, never passed on.
+HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+              b"proxy-connection"}
 # Set here, not copied from the client's request.
-_SET_HERE = {b"host", b"connection", b"content-length", b"transfer-encoding", b"expect", b"keep-alive",
-             b"te", b"trailer", b"upgrade", b"proxy-connection"}
+_SET_HERE = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
 
 class BackendError(Exception):
     """The child closed the connection or answered something that is not HTTP/1.1."""
+
+
+# What an exchange raises when the child is not listening, is slow, or answers badly.
+UNREACHABLE = (OSError, asyncio.TimeoutError, BackendError)
 
 
 class Answer:
