@@ -31,7 +31,7 @@ def _network_file(interface: str, address: str) -> str:
             "Type=unreachable\n")
 
 
-def _start_container(host: dict, image_dir: Path) -> None:
+def _start_container(host: dict, image_dir: Path, nice: int) -> None:
     base = _host_dir(host)
     for sub in ("upper", "work", "root"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def _start_container(host: dict, image_dir: Path) -> None:
     env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1")  # sysctl -w works, as on a NAS
     with open(base / "console.log", "ab") as console:
         process = subprocess.Popen(
-            ["systemd-nspawn", f"--directory={root}", "--boot", "--register=no", "--keep-unit",
+            ["nice", "-n", str(nice), "systemd-nspawn", f"--directory={root}", "--boot", "--register=no", "--keep-unit",
              f"--machine=lab-{host['name']}", f"--network-bridge={config.BRIDGE}",
              "--resolv-conf=off", "--link-journal=no", "--console=pipe"],
             stdin=subprocess.DEVNULL, stdout=console, stderr=console, env=env,
@@ -65,7 +65,7 @@ def _tap(host: dict) -> str:
     return f"labtap-{host['name']}"
 
 
-def _start_vm(host: dict, image_dir: Path) -> None:
+def _start_vm(host: dict, image_dir: Path, nice: int) -> None:
     base = _host_dir(host)
     base.mkdir(parents=True, exist_ok=True)
     disk, kernel, initrd = image.ensure_vm_disk(image_dir)
@@ -85,7 +85,7 @@ def _start_vm(host: dict, image_dir: Path) -> None:
                f"lab.gateway={config.LAB_GATEWAY} lab.range={config.LAB_RANGE} "
                f"lab.dns={','.join(nameservers())}")
     subprocess.run(
-        ["qemu-system-x86_64", *accel, "-smp", str(config.VM_CPUS), "-m", str(config.VM_MEMORY_MB),
+        ["nice", "-n", str(nice), "qemu-system-x86_64", *accel, "-smp", str(config.VM_CPUS), "-m", str(config.VM_MEMORY_MB),
          "-name", f"lab-{host['name']}", "-display", "none", "-monitor", "none",
          "-serial", f"file:{base / 'console.log'}",
          "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
@@ -96,8 +96,8 @@ def _start_vm(host: dict, image_dir: Path) -> None:
         check=True)
 
 
-def start(host: dict, image_dir: Path) -> None:
-    {"container": _start_container, "vm": _start_vm}[host["backend"]](host, image_dir)
+def start(host: dict, image_dir: Path, nice: int = 0) -> None:
+    {"container": _start_container, "vm": _start_vm}[host["backend"]](host, image_dir, nice)
 
 
 def pid(host: dict) -> int | None:

@@ -43,7 +43,7 @@ def _wait_ready(hosts: list[dict]) -> None:
             subprocess.run(ssh.ssh_command(host["address"], "systemctl", "--failed", "--no-legend"))
 
 
-def up(backend: str, nodes: int) -> None:
+def up(backend: str, nodes: int, nice: int = 0) -> None:
     _require_root()
     if not 1 <= nodes <= config.MAX_NODES:
         sys.exit(f"lab: --nodes must be between 1 and {config.MAX_NODES}")
@@ -62,7 +62,7 @@ def up(backend: str, nodes: int) -> None:
         if current["hosts"].get(name):
             backends.stop(host)
         ssh.forget_host(host["address"])
-        backends.start(host, image_dir)
+        backends.start(host, image_dir, nice)
         current["hosts"][name] = host
         state.save(current)
         starting.append(host)
@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     up_parser = commands.add_parser("up", help="start lab hosts (twice is harmless)")
     up_parser.add_argument("--backend", choices=sorted(config.BACKENDS), default="container")
     up_parser.add_argument("--nodes", type=int, default=2)
+    up_parser.add_argument("--nice", type=int, default=0, choices=range(0, 20), metavar="0-19",
+                           help="CPU priority of the hosts' processes: 19 runs them on what "
+                                "the rest of the machine leaves idle")
     commands.add_parser("down", help="stop every lab host and remove what the lab added")
     commands.add_parser("status", help="list lab hosts, their state and memory")
     ssh_parser = commands.add_parser("ssh", help="open a shell (or run a command) on a lab host")
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     ssh_parser.add_argument("remote_command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "up":
-        up(args.backend, args.nodes)
+        up(args.backend, args.nodes, args.nice)
     elif args.command == "down":
         down()
     elif args.command == "status":

@@ -48,4 +48,7 @@ def write_config(hosts: list[dict]) -> None:
               f"    IdentityFile {config.SSH_KEY}\n    IdentitiesOnly yes\n"
               f"    UserKnownHostsFile {config.KNOWN_HOSTS}\n    StrictHostKeyChecking accept-new\n"
               f"    BatchMode yes\n    LogLevel ERROR\n" for h in hosts]
-    config.SSH_CONFIG.write_text("\n".join(blocks))
+    # Atomic: tests read it while a VM started in the background rewrites it.
+    partial = config.SSH_CONFIG.with_name(config.SSH_CONFIG.name + ".partial")
+    partial.write_text("\n".join(blocks))
+    partial.rename(config.SSH_CONFIG)

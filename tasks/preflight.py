@@ -94,9 +94,9 @@ def check() -> Plan:
             f"{model.metadata.get('general.architecture')}.context_length", 1 << 30):
         raise DeployError(f"engine_context_size {settings.engine_context_size} exceeds the model's "
                           "trained context length: lower it")
-    if not settings.engine_build_on_host and not _cached_build_exists(profile):
+    if not settings.engine_build_on_host and not _cached_engine_exists(profile):
         raise DeployError(
-            f"{host.name}: no engine build for CPU profile {profile.name} on this controller and "
+            f"{host.name}: no installed engine for CPU profile {profile.name} on this controller and "
             "engine_build_on_host is False: deploy first to a host of that profile, or set "
             "engine_build_on_host = True (compiling takes minutes)")
     if topology.is_monitoring():
@@ -107,7 +107,7 @@ def check() -> Plan:
     return result
 
 
-def _cached_build_exists(profile: cpu_profile.CpuProfile) -> bool:
+def _cached_engine_exists(profile: cpu_profile.CpuProfile) -> bool:
     from tasks import engine  # engine imports this module for plan()
-    return engine.cached_build(engine.build_id(profile)) is not None \
-        or engine.builder_in_this_run(profile) is not None
+    return engine.cached_engine(engine.install_id(profile)) is not None \
+        or engine.maker_in_this_run(profile) is not None

@@ -7,7 +7,7 @@ import ssl
 import httpx
 import pytest
 
-from tests.lab.conftest import changed_operations, deploy, lab_host
+from tests.lab.conftest import changed_operations, deploy, deployed, lab_host
 
 pytestmark = pytest.mark.lab
 
@@ -49,12 +49,10 @@ def test_a_gateway_change_reloads_nginx_and_leaves_the_engines_alone(deployment)
     nginx_pid = gateway.check_output("systemctl show -p MainPID --value nginx")
     rate = deployment["groups"]["gateway"][0][1]["gateway_rate_per_minute"]
     try:
-        changed = deploy("inventory/lab.py", "--data", f"gateway_rate_per_minute={rate + 1}")
-        assert changed.returncode == 0, changed.stdout[-3000:]
+        deployed("inventory/lab.py", "--data", f"gateway_rate_per_minute={rate + 1}")
         assert f"rate={rate + 1}r/m" in gateway.check_output("cat /etc/nginx/conf.d/nas-ai.conf")
     finally:
-        restored = deploy("inventory/lab.py")
-    assert restored.returncode == 0
+        deployed("inventory/lab.py")
     assert [h.check_output("systemctl show -p MainPID --value nas-ai-engine") for h in engines] == main_pids
     assert gateway.check_output("systemctl show -p MainPID --value nginx") == nginx_pid  # reloaded, not restarted
 
@@ -63,8 +61,7 @@ def test_tls_with_a_generated_certificate(deployment, api_key, tmp_path):
     name, data = deployment["groups"]["gateway"][0]
     gateway = lab_host(name)
     try:
-        with_tls = deploy("inventory/lab.py", "--data", "gateway_tls=self-signed")
-        assert with_tls.returncode == 0, with_tls.stdout[-3000:]
+        deployed("inventory/lab.py", "--data", "gateway_tls=self-signed")
         certificate = tmp_path / "gateway.crt"
         certificate.write_text(gateway.check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
         assert gateway.file("/etc/nginx/nas-ai/self-signed.key").mode == 0o600
@@ -73,5 +70,5 @@ def test_tls_with_a_generated_certificate(deployment, api_key, tmp_path):
         assert response.status_code == 200
         assert response.json()["data"][0]["id"] == "smollm2-135m-instruct"
     finally:
-        assert deploy("inventory/lab.py").returncode == 0
+        deployed("inventory/lab.py")
     assert gateway.run(f"python3 -c \"import socket; socket.create_connection(('{data['ssh_hostname']}', 443), 3)\"").rc != 0

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.lab.conftest import ROOT, deploy
+from tests.lab.conftest import ROOT, deployed
 
 pytestmark = pytest.mark.lab
 COLUMNS = {"users", "native_tokens_per_s", "stack_tokens_per_s", "stack_over_native", "native_ttft_p50_ms",
@@ -17,8 +17,7 @@ COLUMNS = {"users", "native_tokens_per_s", "stack_tokens_per_s", "stack_over_nat
 
 
 def test_a_short_benchmark_run_measures_every_target_and_writes_its_table(deployment, tmp_path):
-    alone = deploy("inventory/lab_one.py")
-    assert alone.returncode == 0, alone.stdout[-4000:] + alone.stderr[-2000:]
+    deployed("inventory/lab_one.py")
     run = subprocess.run([sys.executable, "-m", "bench.serving", "--inventory", "inventory/lab_one.py",
                           "--users", "1,2", "--requests-per-user", "1", "--rounds", "1", "--max-tokens", "8",
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -38,5 +37,4 @@ def test_a_short_benchmark_run_measures_every_target_and_writes_its_table(deploy
     assert (tmp_path / "serving-llama-server.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The gateway serves every lab host again for the tests after this one.
-    both = deploy("inventory/lab.py")
-    assert both.returncode == 0, both.stdout[-4000:] + both.stderr[-2000:]
+    deployed("inventory/lab.py")

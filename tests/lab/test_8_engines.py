@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from tests.lab.conftest import deploy, http_from, lab_host
+from tests.lab.conftest import deployed, http_from, lab_host
 
 pytestmark = pytest.mark.lab
 MODEL = "smollm2-135m-instruct"
@@ -42,23 +42,20 @@ def _engine_processes(deployment) -> list[list[str]]:
 def test_one_data_key_switches_the_engine_and_back(deployment, gateway_url, api_key):
     assert set(_engines(deployment).values()) == {"llama-server"}  # the default
     try:
-        switched = deploy("inventory/lab.py", "--data", "engine_server=llama-cpp-python")
-        assert switched.returncode == 0, switched.stdout[-4000:] + switched.stderr[-2000:]
+        deployed("inventory/lab.py", "--data", "engine_server=llama-cpp-python")
         assert set(_engines(deployment).values()) == {"llama-cpp-python"}
         for processes in _engine_processes(deployment):
             assert len(processes) == 1 and "nas_ai_engine serve" in processes[0], processes
         _chat(gateway_url, api_key)
 
         # A worker per thread: the lab gives each host one thread, so this step asks for two.
-        workers = deploy("inventory/lab.py", "--data", "engine_server=llama-cpp-python", "--data", "engine_workers=2",
-                         "--data", "engine_threads=2")
-        assert workers.returncode == 0, workers.stdout[-4000:] + workers.stderr[-2000:]
+        deployed("inventory/lab.py", "--data", "engine_server=llama-cpp-python", "--data", "engine_workers=2",
+                 "--data", "engine_threads=2")
         for processes in _engine_processes(deployment):
             assert sum("nas_ai_engine worker" in p for p in processes) == 2, processes
         _chat(gateway_url, api_key)
     finally:
-        back = deploy("inventory/lab.py")
-        assert back.returncode == 0, back.stdout[-4000:] + back.stderr[-2000:]
+        deployed("inventory/lab.py")
     assert set(_engines(deployment).values()) == {"llama-server"}
     for processes in _engine_processes(deployment):
         assert sum("llama-server" in p for p in processes) == 1 and len(processes) == 2, processes

@@ -1,5 +1,7 @@
 """The VM backend: its own kernel, so the slice's limits are enforced and reboots are real.
-Its emulated CPU is slow: requests ask for a token or two and waits are long."""
+Its emulated CPU is slow: requests ask for a token or two and waits are long. The VM boots and
+deploys in the background while the container tests run (tests/lab/conftest.py, BackgroundVm);
+these tests come last and take it from there."""
 
 import os
 import time
@@ -7,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.lab.conftest import deploy, inventory_hosts, lab, lab_host
+from tests.lab.conftest import BACKGROUND_VM, deploy_failure, inventory_hosts, lab_host
 
 pytestmark = [pytest.mark.lab, pytest.mark.vm]
 SLOW_S = 1800  # TCG: a model load and warm-up take minutes
@@ -27,11 +29,17 @@ def _wait(condition, timeout: float, what: str, interval: float = 2.0):
 
 
 @pytest.fixture(scope="module")
-def vm_lab(deployment):  # the container deploy leaves the engine build the VM installs
-    started = time.monotonic()
-    result = lab("up", "--backend", "vm", "--nodes", "1")
+def vm_background(deployment):  # the container deploy leaves the engine the VM installs
+    outcome = BACKGROUND_VM.wait()
+    print(f"VM up in {outcome['up_seconds']:.0f} s, up and deployed in {outcome['seconds']:.0f} s "
+          "(in the background)")
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def vm_lab(vm_background):
+    result = vm_background["up"]
     assert result.returncode == 0, result.stderr
-    print(f"VM up in {time.monotonic() - started:.0f} s")
     groups = inventory_hosts("inventory/lab_vm.py")
     name, data = groups["inference"][0]
     return {"name": name, "address": data["ssh_hostname"], "host": lab_host(name)}
@@ -56,11 +64,9 @@ def test_vm_enforces_a_units_memory_max(vm_lab):
 
 
 @pytest.fixture(scope="module")
-def vm_stack(vm_lab, api_key):
-    started = time.monotonic()
-    result = deploy("inventory/lab_vm.py")
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    print(f"VM deploy (engine from the controller's cache) in {time.monotonic() - started:.0f} s")
+def vm_stack(vm_lab, vm_background, api_key):
+    result = vm_background["deploy"]
+    assert result.returncode == 0, deploy_failure(result)
     return vm_lab
 
 
