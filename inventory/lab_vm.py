@@ -1,6 +1,6 @@
 """The lab's VM hosts (`python -m lab up --backend vm`): own kernel, enforced cgroup limits.
-Their CPU under TCG emulation is too slow to compile: they install the engine build of their CPU
-profile from the controller's cache (deploy inventory/lab.py first)."""
+Their CPU under TCG emulation is too slow to compile: they unpack the installed engine of their
+CPU profile from the controller's cache (deploy inventory/lab.py first)."""
 
 from inventory.lab_hosts import lab_hosts
 

@@ -31,7 +31,7 @@ def _network_file(interface: str, address: str) -> str:
             "Type=unreachable\n")
 
 
-def _start_container(host: dict, image_dir: Path, nice: int) -> None:
+def _start_container(host: dict, image_dir: Path, nice: int = 0) -> None:
     base = _host_dir(host)
     for sub in ("upper", "work", "root"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def _start_container(host: dict, image_dir: Path, nice: int) -> None:
     env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1")  # sysctl -w works, as on a NAS
     with open(base / "console.log", "ab") as console:
         process = subprocess.Popen(
-            ["nice", "-n", str(nice), "systemd-nspawn", f"--directory={root}", "--boot", "--register=no", "--keep-unit",
+            ["systemd-nspawn", f"--directory={root}", "--boot", "--register=no", "--keep-unit",
              f"--machine=lab-{host['name']}", f"--network-bridge={config.BRIDGE}",
              "--resolv-conf=off", "--link-journal=no", "--console=pipe"],
             stdin=subprocess.DEVNULL, stdout=console, stderr=console, env=env,
@@ -94,6 +94,12 @@ def _start_vm(host: dict, image_dir: Path, nice: int) -> None:
          "-device", f"virtio-net-pci,netdev=lab,mac=52:54:00:d5:00:{last_octet:02x}",
          "-daemonize", "-pidfile", str(base / "pid")],
         check=True)
+    # qemu's -daemonize starts a session, and with it a scheduler autogroup that competes with
+    # every other session as one task would, whatever the nice value of its threads: the
+    # autogroup takes the nice value too.
+    autogroup = Path(f"/proc/{state.pid_alive(base / 'pid')}/autogroup")
+    if nice and autogroup.exists():
+        autogroup.write_text(f"{nice}\n")
 
 
 def start(host: dict, image_dir: Path, nice: int = 0) -> None:

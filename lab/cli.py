@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     up_parser.add_argument("--backend", choices=sorted(config.BACKENDS), default="container")
     up_parser.add_argument("--nodes", type=int, default=2)
     up_parser.add_argument("--nice", type=int, default=0, choices=range(0, 20), metavar="0-19",
-                           help="CPU priority of the hosts' processes: 19 runs them on what "
-                                "the rest of the machine leaves idle")
+                           help="CPU priority of the VMs (qemu): 19 runs them on what the "
+                                "rest of the machine leaves idle")
     commands.add_parser("down", help="stop every lab host and remove what the lab added")
     commands.add_parser("status", help="list lab hosts, their state and memory")
     ssh_parser = commands.add_parser("ssh", help="open a shell (or run a command) on a lab host")

@@ -33,7 +33,7 @@ SETTINGS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "engine_threads": (None, (int, type(None)), "Inference threads; default: the whole CPUs of the service's CPU quota."),
     "engine_context_size": (2048, (int,), "Context window (prompt + answer) in tokens."),
     "engine_batch_size": (512, (int,), "Prompt-processing batch size in tokens."),
-    "engine_build_on_host": (True, (bool,), "Compile the engine on the first host of a CPU profile when the controller has no build for it."),
+    "engine_build_on_host": (True, (bool,), "Let the first host of a CPU profile make the engine (compile, install, prove) when the controller has none for it."),
     "engine_cpu_profile_cap": (None, (str, type(None)), "Build for at most this x86-64 level (`x86-64-v3`, `x86-64-v4`), so one build serves a mixed fleet."),
     "engine_ready_timeout_s": (300, (int,), "How long the engine may take to load, warm up and answer before its start fails."),
     # service

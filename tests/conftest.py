@@ -16,7 +16,6 @@ os.environ.setdefault("LOCUST_SKIP_MONKEY_PATCH", "1")
 _module_seconds: dict[str, float] = defaultdict(float)
 _module_tests: dict[str, int] = defaultdict(int)
 _session_started = time.monotonic()
-DEPLOY_TIMES: list[dict] = []  # appended by tests/lab/conftest.py: who, inventory, seconds, rc
 
 
 def pytest_runtest_logreport(report):
@@ -40,6 +39,7 @@ def pytest_terminal_summary(terminalreporter):
         write(f"{module:<{width}}  {_module_tests[module]:>4} tests  {_minutes(seconds):>10}")
     write(f"{'session':<{width}}  {sum(_module_tests.values()):>4} tests  "
           f"{_minutes(time.monotonic() - _session_started):>10}")
+    from tests.timing import DEPLOY_TIMES
     if DEPLOY_TIMES:
         terminalreporter.write_sep("=", "deploys (pyinfra runs)")
         for run in DEPLOY_TIMES:

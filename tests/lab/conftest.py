@@ -1,113 +1,11 @@
 """The lab for the tests: hosts from the pyinfra inventories, deploys run as an operator runs them."""
 
-import os
-import re
-import shlex
-import runpy
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from lab import config as lab_config
 from tasks import secrets
-from tests.conftest import DEPLOY_TIMES
-
-ROOT = Path(__file__).resolve().parents[2]
-PYINFRA = Path(sys.executable).parent / "pyinfra"
-
-
-def lab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def deploy(inventory: str, *args: str, timeout: int = 2400, who: str | None = None,
-           nice: int = 0) -> subprocess.CompletedProcess:
-    """`pyinfra -y <inventory> deploy.py <args>` as an operator runs it; its time goes in the
-    session's table of deploys."""
-    who = who or os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
-    started = time.monotonic()
-    result = subprocess.run(["nice", "-n", str(nice), str(PYINFRA), "-y", inventory, "deploy.py", *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    DEPLOY_TIMES.append({"who": who, "inventory": inventory, "args": args, "rc": result.returncode,
-                         "seconds": time.monotonic() - started})
-    return result
-
-
-# pyinfra's lines: `--> Starting operation: <name>`, then `[host] ...` for what each host did.
-_OPERATION = re.compile(r"--> Starting operation: (.*?)\s*$")
-_HOST_LINE = re.compile(r"^\s*\[([^\]]+)\] (.*)$")
-_NOISE = re.compile(r"^(Success|No changes|Changes|Ready:|Loaded fact|Connected)\b")
-
-
-def deploy_failure(result: subprocess.CompletedProcess) -> str:
-    """What a failed deploy says about its failure: each failing operation with the lines its
-    hosts printed (the command's error output among them), then pyinfra's last lines."""
-    output = (result.stdout + "\n" + result.stderr).splitlines()
-    failures, operation, lines = [], "(before any operation: preflight)", []
-    for line in output:
-        started = _OPERATION.search(line)
-        if started:
-            if any("Error" in text for text in lines):
-                failures.append((operation, lines))
-            operation, lines = started.group(1), []
-            continue
-        host_line = _HOST_LINE.match(line)
-        if host_line and not _NOISE.match(host_line.group(2)):
-            lines.append(line.strip())
-    if any("Error" in text for text in lines):
-        failures.append((operation, lines))
-    report = [f"deploy exited {result.returncode}"]
-    for operation, lines in failures:
-        report.append(f"failing operation: {operation}")
-        report.extend(f"    {text}" for text in lines[-60:])
-    report.append("last lines of the deploy's output:")
-    report.extend(output[-25:])
-    return "\n".join(report)
-
-
-def deployed(inventory: str, *args: str, **options) -> subprocess.CompletedProcess:
-    """A deploy that must succeed; if it does not, the assertion names the failing operation and
-    shows its error output."""
-    result = deploy(inventory, *args, **options)
-    assert result.returncode == 0, deploy_failure(result)
-    return result
-
-
-def http_from(host, url: str, headers: dict | None = None) -> tuple[int, str]:
-    """(status, body) of a GET sent from a lab host, with the host's own python3."""
-    script = ("import sys, urllib.request, urllib.error\n"
-              f"request = urllib.request.Request({url!r}, headers={headers or {}!r})\n"
-              "try:\n    response = urllib.request.urlopen(request, timeout=30)\n"
-              "except urllib.error.HTTPError as error:\n    response = error\n"
-              "print(response.status)\nprint(response.read().decode())\n")
-    result = host.run(f"python3 -c {shlex.quote(script)}")
-    assert result.rc == 0, result.stderr
-    status, _, body = result.stdout.partition("\n")
-    return int(status), body
-
-
-def changed_operations(output: str) -> int:
-    """The `Success` column of pyinfra's Grand total row: operations that changed something."""
-    match = re.search(r"Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", output)
-    assert match, output[-3000:]
-    return 0 if match.group(2) == "-" else int(match.group(2))
-
-
-def inventory_hosts(inventory: str) -> dict[str, list[tuple[str, dict]]]:
-    """The groups of a pyinfra inventory file, as pyinfra reads them."""
-    groups = runpy.run_path(str(ROOT / inventory))
-    return {name: value for name, value in groups.items()
-            if isinstance(value, list) and value and isinstance(value[0], tuple)}
-
-
-def lab_host(name: str):
-    import testinfra
-    return testinfra.get_host(f"ssh://{name}", ssh_config=str(lab_config.SSH_CONFIG), sudo=True)
+from tests.lab.harness import BACKGROUND_VM, deployed, inventory_hosts, lab
 
 
 @pytest.fixture(scope="session")
@@ -135,48 +33,6 @@ def deployment(container_lab, request):
     second = deployed("inventory/lab.py", who="fixture deployment: second, nothing changed")
     seconds = (between - started, time.monotonic() - between)
     return {"first": first, "second": second, "groups": container_lab, "seconds": seconds}
-
-
-class BackgroundVm:
-    """The VM's boot and deploy, in a thread beside the container tests. Under TCG they take
-    minutes of CPU, most of which the container tests leave idle (SSH round trips, waits for
-    alerts); qemu and its deploy run at the lowest priority, so the load tests and the benchmark
-    keep their cores when they need them."""
-
-    NICE = 19
-
-    def __init__(self):
-        self._thread: threading.Thread | None = None
-        self._outcome: dict = {}
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="background-vm", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        try:
-            up = lab("up", "--backend", "vm", "--nodes", "1", "--nice", str(self.NICE))
-            self._outcome["up"] = up
-            self._outcome["up_seconds"] = time.monotonic() - started
-            if up.returncode == 0:
-                self._outcome["deploy"] = deploy("inventory/lab_vm.py", who="VM, in the background",
-                                                 nice=self.NICE)
-        except Exception as error:  # reported by wait(), in the VM tests
-            self._outcome["error"] = error
-        self._outcome["seconds"] = time.monotonic() - started
-
-    def wait(self) -> dict:
-        """The VM booted and deployed: started now if no container deploy started it."""
-        self.start()
-        self._thread.join()
-        if "error" in self._outcome:
-            raise self._outcome["error"]
-        return self._outcome
-
-
-BACKGROUND_VM = BackgroundVm()
 
 
 @pytest.fixture(scope="session")

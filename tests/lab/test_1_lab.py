@@ -8,7 +8,7 @@ import time
 import pytest
 
 from lab import config as lab_config
-from tests.lab.conftest import http_from, lab_host
+from tests.lab.harness import http_from, lab_host
 
 pytestmark = pytest.mark.lab
 

@@ -7,7 +7,7 @@ import ssl
 import httpx
 import pytest
 
-from tests.lab.conftest import changed_operations, deploy, deployed, lab_host
+from tests.lab.harness import changed_operations, deploy, deployed, lab_host
 
 pytestmark = pytest.mark.lab
 

@@ -9,7 +9,7 @@ import pytest
 
 from tasks import secrets
 from tasks.settings import BUNDLED_MODEL
-from tests.lab.conftest import http_from, lab_host
+from tests.lab.harness import http_from, lab_host
 
 pytestmark = pytest.mark.lab
 

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.lab.conftest import lab_host
+from tests.lab.harness import lab_host
 
 pytestmark = pytest.mark.lab
 MODEL = "smollm2-135m-instruct"

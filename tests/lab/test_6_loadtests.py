@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.lab.conftest import ROOT
+from tests.lab.harness import ROOT
 
 pytestmark = pytest.mark.lab
 LOCUST = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py")]

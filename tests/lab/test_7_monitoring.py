@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tasks import secrets
-from tests.lab.conftest import http_from, lab_host
+from tests.lab.harness import http_from, lab_host
 
 pytestmark = pytest.mark.lab
 MODEL = "smollm2-135m-instruct"

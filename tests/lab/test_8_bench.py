@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.lab.conftest import ROOT, deployed
+from tests.lab.harness import ROOT, deployed
 
 pytestmark = pytest.mark.lab
 COLUMNS = {"users", "native_tokens_per_s", "stack_tokens_per_s", "stack_over_native", "native_ttft_p50_ms",

@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from tests.lab.conftest import deployed, http_from, lab_host
+from tests.lab.harness import deployed, http_from, lab_host
 
 pytestmark = pytest.mark.lab
 MODEL = "smollm2-135m-instruct"

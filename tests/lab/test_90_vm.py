@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.lab.conftest import BACKGROUND_VM, deploy_failure, inventory_hosts, lab_host
+from tests.lab.harness import BACKGROUND_VM, deploy_failure, inventory_hosts, lab_host
 
 pytestmark = [pytest.mark.lab, pytest.mark.vm]
 SLOW_S = 1800  # TCG: a model load and warm-up take minutes

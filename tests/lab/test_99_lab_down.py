@@ -3,7 +3,7 @@
 import pytest
 
 from lab.cli import leftovers
-from tests.lab.conftest import lab
+from tests.lab.harness import lab
 
 pytestmark = pytest.mark.lab
 

@@ -4,7 +4,7 @@ read from pyinfra's real output (recorded from a deploy on the lab whose second 
 import subprocess
 from pathlib import Path
 
-from tests.lab.conftest import deploy_failure
+from tests.lab.harness import deploy_failure
 
 RECORDED = (Path(__file__).parent / "data" / "deploy_failure.txt").read_text()
 
