@@ -41,7 +41,7 @@ def pytest_terminal_summary(terminalreporter):
           f"{_minutes(time.monotonic() - _session_started):>10}")
     from tests.timing import DEPLOY_TIMES
     if DEPLOY_TIMES:
-        terminalreporter.write_sep("=", "deploys (pyinfra runs)")
+        terminalreporter.write_sep("=", "deploys (pyinfra runs) and VM boots, in the order they ended")
         for run in DEPLOY_TIMES:
             outcome = "ok" if run["rc"] == 0 else f"exit {run['rc']}"
             write(f"{_minutes(run['seconds']):>10}  {outcome:<7} {run['inventory']:<22} "

@@ -134,6 +134,8 @@ class BackgroundVm:
             up = lab("up", "--backend", "vm", "--nodes", "1", "--nice", str(self.NICE))
             self._outcome["up"] = up
             self._outcome["up_seconds"] = time.monotonic() - started
+            DEPLOY_TIMES.append({"who": "VM, in the background", "inventory": "(lab up --backend vm)",
+                                 "args": (), "rc": up.returncode, "seconds": self._outcome["up_seconds"]})
             if up.returncode == 0:
                 self._outcome["deploy"] = deploy("inventory/lab_vm.py", who="VM, in the background",
                                                  nice=self.NICE)
