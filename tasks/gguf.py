@@ -6,6 +6,9 @@ from pathlib import Path
 # GGUF value types: id -> struct format (strings and arrays are handled apart).
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+# Numeric arrays this short are decoded: some architectures (OpenELM, Nemotron-H, hybrids) give
+# head counts per layer. Longer ones (token scores and types, 49k+ entries) are skipped.
+_PER_LAYER_MAX = 4096
 
 
 class GgufError(ValueError):
@@ -36,7 +39,9 @@ class _Reader:
             return self.string()
         if kind == _ARRAY:
             item_kind, count = self.read("I"), self.read("Q")
-            if item_kind in _SCALARS:  # skip numeric arrays (token scores, types) unread
+            if item_kind in _SCALARS and count <= _PER_LAYER_MAX:  # per-layer values
+                return [self.read(_SCALARS[item_kind]) for _ in range(count)]
+            if item_kind in _SCALARS:  # skip long numeric arrays (token scores, types) unread
                 self.handle.seek(struct.calcsize("<" + _SCALARS[item_kind]) * count, 1)
                 return None
             for _ in range(count):
@@ -46,7 +51,8 @@ class _Reader:
 
 
 def read_metadata(path: Path) -> dict:
-    """The header's key/value pairs (arrays are skipped) of a GGUF file."""
+    """The header's key/value pairs of a GGUF file: short numeric arrays as lists, other arrays
+    skipped (None)."""
     with open(path, "rb") as handle:
         if handle.read(4) != b"GGUF":
             raise GgufError(f"{path} is not a GGUF file (no GGUF magic)")
@@ -62,17 +68,37 @@ def read_metadata(path: Path) -> dict:
     return metadata
 
 
+def _per_layer(metadata: dict, key: str, layers: int, default):
+    """A hyperparameter as one value per layer, whether the header gives a scalar or a list."""
+    value = metadata.get(key, default)
+    if isinstance(value, list):
+        if len(value) != layers:
+            raise GgufError(f"GGUF header's {key} has {len(value)} values for {layers} layers")
+        return value
+    if not isinstance(value, int):
+        raise GgufError(f"GGUF header's {key} is not a whole number or a list of them")
+    return [value] * layers
+
+
 def kv_cache_bytes(metadata: dict, context: int, sequences: int = 1) -> int:
-    """f16 K and V for every layer and context position: what llama.cpp allocates at load."""
+    """f16 K and V for every layer and context position: what llama.cpp allocates at load.
+    Head counts may differ by layer; a layer without attention heads (a recurrent or
+    feed-forward-only layer of a hybrid model) holds no KV cache."""
     arch = metadata.get("general.architecture")
     try:
         layers = metadata[f"{arch}.block_count"]
         embedding = metadata[f"{arch}.embedding_length"]
-        heads = metadata[f"{arch}.attention.head_count"]
+        metadata[f"{arch}.attention.head_count"]
     except KeyError as missing:
         raise GgufError(f"GGUF header lacks {missing} (architecture {arch!r})") from None
-    heads_kv = metadata.get(f"{arch}.attention.head_count_kv", heads)
-    key_length = metadata.get(f"{arch}.attention.key_length", embedding // heads)
-    value_length = metadata.get(f"{arch}.attention.value_length", embedding // heads)
-    per_token = layers * heads_kv * (key_length + value_length) * 2  # f16
+    heads = _per_layer(metadata, f"{arch}.attention.head_count", layers, None)
+    heads_kv = _per_layer(metadata, f"{arch}.attention.head_count_kv", layers, None) \
+        if f"{arch}.attention.head_count_kv" in metadata else heads
+    per_token = 0
+    for layer_heads, layer_heads_kv in zip(heads, heads_kv):
+        if not layer_heads or not layer_heads_kv:
+            continue
+        key_length = metadata.get(f"{arch}.attention.key_length", embedding // layer_heads)
+        value_length = metadata.get(f"{arch}.attention.value_length", embedding // layer_heads)
+        per_token += layer_heads_kv * (key_length + value_length) * 2  # f16
     return per_token * context * sequences

@@ -2,21 +2,31 @@
 refused before any host is touched."""
 
 import hashlib
+import json
 import ssl
 
 import httpx
 import pytest
 
-from tests.lab.harness import changed_operations, deploy, deployed, lab_host
+from tasks.settings import BUNDLED_MODEL
+from tests.lab.harness import changed_operations, deploy, deployed, http_from, lab_host
 
 pytestmark = pytest.mark.lab
 
 
 def test_first_deploy_converges(deployment):
+    """Each inference host serves, at its bind address, the very model the deploy pinned."""
     first = deployment["first"]
     print(f"first deploy: {changed_operations(first.stdout + first.stderr)} operations changed in {deployment['seconds'][0]:.0f} s; "
           f"second: {deployment['seconds'][1]:.1f} s")
-    assert first.returncode == 0
+    for name, _ in deployment["groups"]["inference"]:
+        host = lab_host(name)
+        config = json.loads(host.check_output("cat /etc/nas-ai/engine.json"))
+        status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
+        assert status == 200, (name, body)
+        health = json.loads(body)
+        assert (health["status"], health["sha256"]) == ("ok", BUNDLED_MODEL["sha256"]), (name, health)
+        assert host.file(config["model"]["path"]).linked_to.endswith(f"/{BUNDLED_MODEL['sha256']}.gguf"), name
 
 
 def test_second_deploy_reports_no_changes(deployment):
