@@ -74,6 +74,13 @@ def maker_in_this_run(profile: CpuProfile) -> str | None:
     return _makers.get(install_id(profile))
 
 
+def can_install_without_compiling(profile: CpuProfile) -> bool:
+    """The controller has the installed engine or its compiled build, or a host of this run
+    makes it."""
+    return cached_engine(install_id(profile)) is not None or cached_build(build_id(profile)) is not None \
+        or maker_in_this_run(profile) is not None
+
+
 def paths() -> dict[str, str]:
     plan = preflight.plan()
     engine = f"{plan.settings.system_install_dir}/engine"
@@ -142,14 +149,14 @@ def _upload_engine(p: dict, installed: str, maker: bool) -> None:
 
 
 def _prove(p: dict, model_path: str) -> str:
-    """Shell lines: a real inference with llama-cpp-python and with llama-server, or no engine."""
+    """Shell lines: a real inference with llama-cpp-python and with llama-server, or no engine.
+    The caller marks the engine verified once everything else it does has succeeded."""
     build = p["build"]
     return f"""if ! PYTHONPATH={p['app']} {build}/venv/bin/python -m nas_ai_engine smoke {model_path} --llama-server {build}/bin/llama-server; then
     rm -rf {build}
     echo "engine {Path(build).name} failed its smoke inference: not installed" >&2
     exit 1
-fi
-touch {build}/verified"""
+fi"""
 
 
 def _compile(p: dict, profile: CpuProfile) -> None:
@@ -191,7 +198,8 @@ wheel=$(ls {p['wheels']}/*.whl)
 package=$(echo {build}/venv/lib/python3*/site-packages/llama_cpp)
 ln -sfn "$(realpath --relative-to="$package" {build}/lib)" "$package/lib"
 {_prove(p, model_path)}
-tar -czf {p['archive']} -C {build} bin lib venv"""])
+tar -czf {p['archive']} -C {build} bin lib venv
+touch {build}/verified"""])
 
 
 def _unpack_and_prove(p: dict, model_path: str) -> None:
@@ -201,7 +209,8 @@ rm -rf {build}
 mkdir -p {build}
 tar -xzf {p['archive']} -C {build}
 rm -f {p['archive']}
-{_prove(p, model_path)}"""])
+{_prove(p, model_path)}
+touch {build}/verified"""])
 
 
 def install() -> bool:
@@ -225,7 +234,10 @@ def install() -> bool:
 
     if not host.get_fact(File, path=f"{p['build']}/verified"):
         changed = True
-        maker = cached_engine(installed) is None and plan.settings.engine_build_on_host and \
+        # A host may make the engine if it may compile, or if nothing is left to compile (only the
+        # Python pins changed): installing the packages takes a minute even under emulation.
+        may_make = plan.settings.engine_build_on_host or cached_build(build) is not None
+        maker = cached_engine(installed) is None and may_make and \
             _makers.setdefault(installed, host.name) == host.name
         compiled = maker and cached_build(build) is None
         if compiled:

@@ -94,11 +94,11 @@ def check() -> Plan:
             f"{model.metadata.get('general.architecture')}.context_length", 1 << 30):
         raise DeployError(f"engine_context_size {settings.engine_context_size} exceeds the model's "
                           "trained context length: lower it")
-    if not settings.engine_build_on_host and not _cached_engine_exists(profile):
+    if not settings.engine_build_on_host and not _engine_available(profile):
         raise DeployError(
-            f"{host.name}: no installed engine for CPU profile {profile.name} on this controller and "
-            "engine_build_on_host is False: deploy first to a host of that profile, or set "
-            "engine_build_on_host = True (compiling takes minutes)")
+            f"{host.name}: no engine for CPU profile {profile.name} on this controller, installed or "
+            "compiled, and engine_build_on_host is False: deploy first to a host of that profile, "
+            "or set engine_build_on_host = True (compiling takes minutes)")
     if topology.is_monitoring():
         grafana.source(settings)
     result = Plan(settings, facts, profile, limits, fits, model, model_path,
@@ -107,7 +107,6 @@ def check() -> Plan:
     return result
 
 
-def _cached_engine_exists(profile: cpu_profile.CpuProfile) -> bool:
+def _engine_available(profile: cpu_profile.CpuProfile) -> bool:
     from tasks import engine  # engine imports this module for plan()
-    return engine.cached_engine(engine.install_id(profile)) is not None \
-        or engine.maker_in_this_run(profile) is not None
+    return engine.can_install_without_compiling(profile)

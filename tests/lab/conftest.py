@@ -8,6 +8,10 @@ from tasks import secrets
 from tests.lab.harness import BACKGROUND_VM, deployed, inventory_hosts, lab
 
 
+def pytest_sessionfinish(session):
+    BACKGROUND_VM.stop()  # its processes would otherwise outlive pytest and race `lab down`
+
+
 @pytest.fixture(scope="session")
 def container_lab():
     result = lab("up", "--nodes", "2")

@@ -21,27 +21,41 @@ from tests.timing import DEPLOY_TIMES
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 
-def lab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+def _run(command: list[str], timeout: float, started=None) -> subprocess.CompletedProcess:
+    """subprocess.run, with the process handed to `started` so that another thread can end it."""
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:
+        if started:
+            started(process)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def lab(*args: str, timeout: int = 900, nice: int = 0, started=None) -> subprocess.CompletedProcess:
+    return _run(["nice", "-n", str(nice), sys.executable, "-m", "lab", *args], timeout, started)
 
 
 def deploy(inventory: str, *args: str, timeout: int = 2400, who: str | None = None,
-           nice: int = 0) -> subprocess.CompletedProcess:
+           nice: int = 0, started=None) -> subprocess.CompletedProcess:
     """`pyinfra -y <inventory> deploy.py <args>` as an operator runs it; its time goes in the
     session's table of deploys."""
     who = who or os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
-    started = time.monotonic()
-    result = subprocess.run(["nice", "-n", str(nice), str(PYINFRA), "-y", inventory, "deploy.py", *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    began = time.monotonic()
+    result = _run(["nice", "-n", str(nice), str(PYINFRA), "-y", inventory, "deploy.py", *args],
+                  timeout, started)
     DEPLOY_TIMES.append({"who": who, "inventory": inventory, "args": args, "rc": result.returncode,
-                         "seconds": time.monotonic() - started})
+                         "seconds": time.monotonic() - began})
     return result
 
 
 # pyinfra's lines: `--> Starting operation: <name>`, then `[host] ...` for what each host did.
 _OPERATION = re.compile(r"--> Starting operation: (.*?)\s*$")
-_HOST_LINE = re.compile(r"^\s*\[([^\]]+)\] (.*)$")
+_HOST_LINE = re.compile(r"^\s*\[([^\]]+)\]\s+(?:nested\s+)?(.*)$")
 _NOISE = re.compile(r"^(Success|No changes|Changes|Ready:|Loaded fact|Connected)\b")
 
 
@@ -114,14 +128,16 @@ def lab_host(name: str):
 class BackgroundVm:
     """The VM's boot and deploy, in a thread beside the container tests. Under TCG they take
     minutes of CPU, most of which the container tests leave idle (SSH round trips, waits for
-    alerts); qemu and its deploy run at the lowest priority, so the load tests and the benchmark
-    keep their cores when they need them."""
+    alerts); `lab up`, qemu and the deploy run at the lowest priority, so the load tests and the
+    benchmark keep their cores when they need them."""
 
     NICE = 19
 
     def __init__(self):
         self._thread: threading.Thread | None = None
         self._outcome: dict = {}
+        self._stopping = threading.Event()
+        self._deploying: subprocess.Popen | None = None
 
     def start(self) -> None:
         if self._thread is None:
@@ -131,17 +147,22 @@ class BackgroundVm:
     def _run(self) -> None:
         started = time.monotonic()
         try:
-            up = lab("up", "--backend", "vm", "--nodes", "1", "--nice", str(self.NICE))
+            up = lab("up", "--backend", "vm", "--nodes", "1", "--nice", str(self.NICE), nice=self.NICE)
             self._outcome["up"] = up
             self._outcome["up_seconds"] = time.monotonic() - started
             DEPLOY_TIMES.append({"who": "VM, in the background", "inventory": "(lab up --backend vm)",
                                  "args": (), "rc": up.returncode, "seconds": self._outcome["up_seconds"]})
-            if up.returncode == 0:
+            if up.returncode == 0 and not self._stopping.is_set():
                 self._outcome["deploy"] = deploy("inventory/lab_vm.py", who="VM, in the background",
-                                                 nice=self.NICE)
+                                                 nice=self.NICE, started=self._track)
         except Exception as error:  # reported by wait(), in the VM tests
             self._outcome["error"] = error
         self._outcome["seconds"] = time.monotonic() - started
+
+    def _track(self, process: subprocess.Popen) -> None:
+        self._deploying = process
+        if self._stopping.is_set():
+            process.terminate()
 
     def wait(self) -> dict:
         """The VM booted and deployed: started now if no container deploy started it."""
@@ -150,6 +171,16 @@ class BackgroundVm:
         if "error" in self._outcome:
             raise self._outcome["error"]
         return self._outcome
+
+    def stop(self) -> None:
+        """Before `lab down` and at the session's end, whatever happened to the VM tests: let a
+        `lab up` finish (stopping it halfway could leave a VM that no state file names), end a
+        deploy, and wait for the thread."""
+        self._stopping.set()
+        if self._deploying is not None and self._deploying.poll() is None:
+            self._deploying.terminate()
+        if self._thread is not None:
+            self._thread.join()
 
 
 BACKGROUND_VM = BackgroundVm()

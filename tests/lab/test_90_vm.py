@@ -1,6 +1,6 @@
 """The VM backend: its own kernel, so the slice's limits are enforced and reboots are real.
 Its emulated CPU is slow: requests ask for a token or two and waits are long. The VM boots and
-deploys in the background while the container tests run (tests/lab/conftest.py, BackgroundVm);
+deploys in the background while the container tests run (tests/lab/harness.py, BackgroundVm);
 these tests come last and take it from there."""
 
 import os

@@ -29,3 +29,15 @@ def test_a_refusal_before_any_operation_shows_the_last_lines():
     message = deploy_failure(_failed(refused))
     assert "failing operation" not in message
     assert message.splitlines()[-1].endswith("the model does not fit: model 94 MiB + KV cache 45 MiB")
+
+
+def test_padded_host_prefixes_are_read_too():
+    # pyinfra pads the prefixes of shorter host names to the longest one's width.
+    output = ("--> Starting operation: Unpack the installed engine\n"
+              "    [nas1]     Success\n"
+              "    [vm-long1] tar: engine.tar.gz: Cannot open: No such file or directory\n"
+              "    [vm-long1] Error: executed 0 commands\n")
+    message = deploy_failure(_failed(output))
+    assert "failing operation: Unpack the installed engine" in message
+    report = message.split("last lines of the deploy's output:")[0]
+    assert "Cannot open" in report and "Success" not in report
