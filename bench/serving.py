@@ -31,10 +31,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "files" / "engine"))
+from nas_ai_engine import native  # the engine's own llama-server command line
 
-from nas_ai_engine import native  # noqa: E402  (the engine's own llama-server command line)
+ROOT = Path(__file__).resolve().parent.parent
 
 DIRECT_PORT = 18090
 DIRECT_UNIT = "nas-ai-bench-llama-server"

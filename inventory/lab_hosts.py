@@ -1,12 +1,8 @@
 """Lab hosts as pyinfra inventory entries, read from the state that `lab up` writes."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lab import config  # noqa: E402
+from lab import config
 
 
 def lab_hosts(backend: str, **data) -> list:

@@ -15,15 +15,12 @@ import os
 import random
 import sys
 import time
-from pathlib import Path
 
 import requests
 from locust import User, between, events, task
 from locust.exception import StopUser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from loadtests import slo, stream_metrics, workload  # noqa: E402
+from loadtests import slo, stream_metrics, workload
 
 KINDS = workload.load()
 
