@@ -3,7 +3,7 @@
 import subprocess
 from pathlib import Path
 
-from lab import config
+from lab import config, state
 
 
 def ensure_key() -> Path:
@@ -48,7 +48,4 @@ def write_config(hosts: list[dict]) -> None:
               f"    IdentityFile {config.SSH_KEY}\n    IdentitiesOnly yes\n"
               f"    UserKnownHostsFile {config.KNOWN_HOSTS}\n    StrictHostKeyChecking accept-new\n"
               f"    BatchMode yes\n    LogLevel ERROR\n" for h in hosts]
-    # Atomic: tests read it while a VM started in the background rewrites it.
-    partial = config.SSH_CONFIG.with_name(config.SSH_CONFIG.name + ".partial")
-    partial.write_text("\n".join(blocks))
-    partial.rename(config.SSH_CONFIG)
+    state.write_atomic(config.SSH_CONFIG, "\n".join(blocks))

@@ -13,11 +13,17 @@ def load() -> dict:
     return {"hosts": {}}
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of it (tests read the lab's files
+    while a VM started in the background rewrites them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.rename(path)
+
+
 def save(state: dict) -> None:
-    config.STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    partial = config.STATE_FILE.with_suffix(".partial")
-    partial.write_text(json.dumps(state, indent=1, sort_keys=True))
-    partial.rename(config.STATE_FILE)
+    write_atomic(config.STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
 
 
 def pid_alive(pid_file: str | Path) -> int | None:

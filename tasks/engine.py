@@ -236,10 +236,11 @@ def install() -> bool:
         changed = True
         # A host may make the engine if it may compile, or if nothing is left to compile (only the
         # Python pins changed): installing the packages takes a minute even under emulation.
-        may_make = plan.settings.engine_build_on_host or cached_build(build) is not None
+        build_cached = cached_build(build) is not None
+        may_make = plan.settings.engine_build_on_host or build_cached
         maker = cached_engine(installed) is None and may_make and \
             _makers.setdefault(installed, host.name) == host.name
-        compiled = maker and cached_build(build) is None
+        compiled = maker and not build_cached
         if compiled:
             apt.packages(name="Install the engine's build tools", packages=BUILD_PACKAGES,
                          no_recommends=True, cache_time=24 * 3600)

@@ -68,9 +68,8 @@ def read_metadata(path: Path) -> dict:
     return metadata
 
 
-def _per_layer(metadata: dict, key: str, layers: int, default):
+def _per_layer(key: str, value, layers: int) -> list:
     """A hyperparameter as one value per layer, whether the header gives a scalar or a list."""
-    value = metadata.get(key, default)
     if isinstance(value, list):
         if len(value) != layers:
             raise GgufError(f"GGUF header's {key} has {len(value)} values for {layers} layers")
@@ -85,15 +84,14 @@ def kv_cache_bytes(metadata: dict, context: int, sequences: int = 1) -> int:
     Head counts may differ by layer; a layer without attention heads (a recurrent or
     feed-forward-only layer of a hybrid model) holds no KV cache."""
     arch = metadata.get("general.architecture")
+    heads_key, heads_kv_key = f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv"
     try:
         layers = metadata[f"{arch}.block_count"]
         embedding = metadata[f"{arch}.embedding_length"]
-        metadata[f"{arch}.attention.head_count"]
+        heads = _per_layer(heads_key, metadata[heads_key], layers)
     except KeyError as missing:
         raise GgufError(f"GGUF header lacks {missing} (architecture {arch!r})") from None
-    heads = _per_layer(metadata, f"{arch}.attention.head_count", layers, None)
-    heads_kv = _per_layer(metadata, f"{arch}.attention.head_count_kv", layers, None) \
-        if f"{arch}.attention.head_count_kv" in metadata else heads
+    heads_kv = _per_layer(heads_kv_key, metadata[heads_kv_key], layers) if heads_kv_key in metadata else heads
     per_token = 0
     for layer_heads, layer_heads_kv in zip(heads, heads_kv):
         if not layer_heads or not layer_heads_kv:
