@@ -18,9 +18,9 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, python, server
 
-from tasks import preflight
 from tasks.cpu_profile import CpuProfile
-from tasks.settings import CONTROLLER_CACHE_DIR, ENGINE_PACKAGE, ENGINE_VERSION
+from tasks.plan import Plan
+from tasks.settings import CONTROLLER_CACHE_DIR, ENGINE_PACKAGE, ENGINE_VERSION, DeployError, Settings
 
 FILES = Path(__file__).parent.parent / "files" / "engine"
 CACHE_DIR = CONTROLLER_CACHE_DIR / "engine"
@@ -81,8 +81,16 @@ def can_install_without_compiling(profile: CpuProfile) -> bool:
         or maker_in_this_run(profile) is not None
 
 
-def paths() -> dict[str, str]:
-    plan = preflight.plan()
+def check(host_name: str, settings: Settings, profile: CpuProfile) -> None:
+    """Preflight: a host that may not compile needs an engine it can install without compiling."""
+    if not settings.engine_build_on_host and not can_install_without_compiling(profile):
+        raise DeployError(
+            f"{host_name}: no engine for CPU profile {profile.name} on this controller, installed or "
+            "compiled, and engine_build_on_host is False: deploy first to a host of that profile, "
+            "or set engine_build_on_host = True (compiling takes minutes)")
+
+
+def paths(plan: Plan) -> dict[str, str]:
     engine = f"{plan.settings.system_install_dir}/engine"
     build, installed = build_id(plan.profile), install_id(plan.profile)
     return {
@@ -213,9 +221,8 @@ rm -f {p['archive']}
 touch {build}/verified"""])
 
 
-def install() -> bool:
-    plan = preflight.plan()
-    p = paths()
+def install(plan: Plan) -> bool:
+    p = paths(plan)
     build, installed = build_id(plan.profile), install_id(plan.profile)
     apt.packages(name="Install the engine's runtime packages", packages=RUNTIME_PACKAGES,
                  no_recommends=True, cache_time=24 * 3600, update=True)

@@ -4,10 +4,11 @@ exporters' ports accept Prometheus, each also loopback; nothing else reaches the
 import ipaddress
 import socket
 
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import apt
 
-from tasks import preflight, topology
-from tasks.rendering import install_checked, put_text, render
+from tasks import topology
+from tasks.plan import Plan
+from tasks.rendering import SYSTEMD_DIR, install_checked, put_unit_file, render, running
 
 UNIT_NAME = "nas-ai-firewall.service"
 NODE_EXPORTER_PORT = 9100
@@ -32,18 +33,18 @@ def _addresses(hosts) -> list[str]:
     return [topology.lan_address(h) for h in hosts]
 
 
-def ports() -> list[dict]:
-    settings = preflight.plan().settings
+def ports(plan: Plan) -> list[dict]:
+    settings = plan.settings
     monitoring = _addresses(topology.monitoring_hosts())
     opened = [{"number": NODE_EXPORTER_PORT, "sources": monitoring,
                "why": "node_exporter answers Prometheus alone"}]
-    if topology.is_gateway():
+    if plan.gateway:
         opened.append({"number": NGINX_EXPORTER_PORT, "sources": monitoring,
                        "why": "the nginx exporter answers Prometheus alone"})
         opened.append({"number": GATEWAY_LOG_EXPORTER_PORT, "sources": monitoring,
                        "why": "mtail (the gateway's answers by status) answers Prometheus alone"})
-    if topology.is_inference():
-        bound_to_loopback = preflight.plan().bind_address == "127.0.0.1"
+    if plan.inference:
+        bound_to_loopback = plan.bind_address == "127.0.0.1"
         callers = topology.gateway_hosts() + topology.monitoring_hosts()
         opened.append({"number": settings.engine_port,
                        "sources": [] if bound_to_loopback else _addresses(callers),
@@ -51,15 +52,13 @@ def ports() -> list[dict]:
     return opened
 
 
-def configure() -> None:
-    settings = preflight.plan().settings
+def configure(plan: Plan) -> None:
+    settings = plan.settings
     rules_path = f"{settings.system_config_dir}/firewall.nft"
     apt.packages(name="Install nftables", packages=["nftables"], no_recommends=True,
                  cache_time=24 * 3600)
-    rules_changed = install_checked("Firewall rules", rules(ports()), rules_path,
-                                    f"nft --check -f {rules_path}", mode="0640")
-    unit = put_text(f"Unit {UNIT_NAME}", render("firewall/nas-ai-firewall.service.j2", rules=rules_path),
-                    f"/etc/systemd/system/{UNIT_NAME}", "0644")
-    systemd.service(name="Firewall active and enabled", service=UNIT_NAME, running=True,
-                    enabled=True, daemon_reload=unit.will_change,
-                    reloaded=rules_changed and not unit.will_change, restarted=unit.will_change)
+    rules_op = install_checked("Firewall rules", rules(ports(plan)), rules_path, "nft --check -f {path}",
+                               mode="0640")
+    unit = put_unit_file(f"Unit {UNIT_NAME}", render("firewall/nas-ai-firewall.service.j2", rules=rules_path),
+                         f"{SYSTEMD_DIR}/{UNIT_NAME}")
+    running("Firewall active and enabled", UNIT_NAME, unit_files=[unit], reloaded=rules_op.will_change)

@@ -1,13 +1,15 @@
 """Gateway: nginx in front of every engine of the inventory, with API keys and per-key limits."""
 
 import math
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
-from tasks import preflight, secrets, topology
-from tasks.rendering import install_checked, put_text, render
+from tasks import secrets, topology
+from tasks.plan import Plan
+from tasks.rendering import install_checked, put_text, render, running
 from tasks.settings import DeployError
 
 CONF_PATH = "/etc/nginx/conf.d/nas-ai.conf"
@@ -46,9 +48,22 @@ def site_config(settings, upstreams: list[str], backend_key: str, tls: dict | No
         retry_after_s=max(1, math.ceil(60 / settings.gateway_rate_per_minute)))
 
 
-def upstreams() -> list[str]:
-    port = preflight.plan().settings.engine_port
-    return [f"{topology.address_from(engine, host)}:{port}" for engine in topology.inference_hosts()]
+def upstreams(plan: Plan) -> list[str]:
+    port = plan.settings.engine_port
+    return [f"{topology.address_from(engine, plan.host)}:{port}" for engine in topology.inference_hosts()]
+
+
+def check(settings) -> None:
+    """Preflight: the clients' keys and the TLS choice are usable."""
+    keys_map(secrets.api_keys(settings.gateway_api_keys))
+    tls = settings.gateway_tls
+    if tls is None or tls == "self-signed":
+        return
+    if not (isinstance(tls, dict) and set(tls) == {"certificate", "key"}):
+        raise DeployError("gateway_tls must be None, 'self-signed' or {'certificate': path, 'key': path}")
+    for part in ("certificate", "key"):
+        if not (isinstance(tls[part], str) and Path(tls[part]).expanduser().is_file()):
+            raise DeployError(f"gateway_tls {part} {tls[part]!r} is not a file on this controller")
 
 
 def _tls(settings) -> dict | None:
@@ -63,16 +78,14 @@ def _tls(settings) -> dict | None:
                 f"-keyout {SELF_SIGNED['key']} -out {SELF_SIGNED['certificate']}",
                 f"chmod 0600 {SELF_SIGNED['key']}"])
         return SELF_SIGNED
-    if isinstance(tls, dict) and set(tls) == {"certificate", "key"}:
-        remote = {"certificate": f"{PRIVATE_DIR}/gateway.crt", "key": f"{PRIVATE_DIR}/gateway.key"}
-        for part, mode in (("certificate", "0644"), ("key", "0600")):
-            files.put(name=f"TLS {part}", src=tls[part], dest=remote[part], mode=mode)
-        return remote
-    raise DeployError("gateway_tls must be None, 'self-signed' or {'certificate': path, 'key': path}")
+    remote = {"certificate": f"{PRIVATE_DIR}/gateway.crt", "key": f"{PRIVATE_DIR}/gateway.key"}
+    for part, mode in (("certificate", "0644"), ("key", "0600")):
+        files.put(name=f"TLS {part}", src=str(Path(tls[part]).expanduser()), dest=remote[part], mode=mode)
+    return remote
 
 
-def configure() -> None:
-    settings = preflight.plan().settings
+def configure(plan: Plan) -> None:
+    settings = plan.settings
     apt.packages(name="Install nginx", packages=["nginx-light", "openssl"], no_recommends=True,
                  cache_time=24 * 3600)
     files.directory(name=f"Directory {PRIVATE_DIR}", path=PRIVATE_DIR, user="root", group="root",
@@ -82,8 +95,8 @@ def configure() -> None:
     default_site = files.link(name="No Debian default site on the gateway's port",
                               path="/etc/nginx/sites-enabled/default", present=False)
     tls = _tls(settings)
-    site_changed = install_checked("nginx site nas-ai", site_config(settings, upstreams(),
-                                   secrets.backend_key(), tls), CONF_PATH, "nginx -t -q", mode="0600")
-    reload = keys.will_change or default_site.will_change or site_changed
-    systemd.service(name="nginx running and enabled", service="nginx.service", running=True,
-                    enabled=True, reloaded=reload)
+    # nginx -t reads the whole configuration: the site is checked in place.
+    site = install_checked("nginx site nas-ai", site_config(settings, upstreams(plan), secrets.backend_key(), tls),
+                           CONF_PATH, "nginx -t -q", mode="0600")
+    running("nginx running and enabled", "nginx.service",
+            reloaded=keys.will_change or default_site.will_change or site.will_change)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
-from tasks import dashboard, preflight, secrets
-from tasks.rendering import put_text, render
+from tasks import dashboard, secrets
+from tasks.plan import Plan
+from tasks.rendering import SYSTEMD_DIR, put_text, put_unit_file, render, running
 from tasks.settings import DeployError
 
 # Grafana Labs' APT signing key (https://apt.grafana.com, rotated 2023). A key served with another
@@ -34,6 +35,11 @@ def source(settings) -> str | None:
         raise DeployError(f"monitoring_grafana = {chosen!r}: give 'apt', None, or the path of a grafana "
                           ".deb file on this controller (https://grafana.com/grafana/download)")
     return chosen
+
+
+def check(settings) -> None:
+    """Preflight: the chosen source exists."""
+    source(settings)
 
 
 def key_check_script(url: str = KEY_URL, fingerprint: str = KEY_FINGERPRINT, keyring: str = KEYRING) -> str:
@@ -80,8 +86,8 @@ def environment(settings) -> str:
                   admin_password=secrets.grafana_admin_password())
 
 
-def install() -> None:
-    settings = preflight.plan().settings
+def install(plan: Plan) -> None:
+    settings = plan.settings
     chosen = source(settings)
     if chosen is None:
         return
@@ -95,12 +101,12 @@ def install() -> None:
         put_text("Grafana dashboard provider", dashboards_provider(), f"{PROVISIONING}/dashboards/nas-ai.yaml",
                  "0640", group="grafana"),
         put_text("Grafana settings (0640)", environment(settings), ENVIRONMENT_FILE, "0640", group="grafana"),
-        put_text("Grafana unit drop-in", render("grafana/grafana-server.conf.j2", environment_file=ENVIRONMENT_FILE),
-                 "/etc/systemd/system/grafana-server.service.d/nas-ai.conf", "0644"),
     ]
+    drop_in = put_unit_file("Grafana unit drop-in", render("grafana/grafana-server.conf.j2",
+                                                           environment_file=ENVIRONMENT_FILE),
+                            f"{SYSTEMD_DIR}/grafana-server.service.d/nas-ai.conf")
     files.directory(name=f"Directory {DASHBOARDS_DIR}", path=DASHBOARDS_DIR, mode="0755")
     # Grafana rereads provisioned dashboards by itself: a new dashboard needs no restart.
     put_text("Grafana dashboard nas-ai", dashboard.to_json(), f"{DASHBOARDS_DIR}/nas-ai.json", "0644")
-    changed = any(op.will_change for op in provisioned)
-    systemd.service(name="Grafana running and enabled", service="grafana-server.service", running=True,
-                    enabled=True, daemon_reload=provisioned[-1].will_change, restarted=changed)
+    running("Grafana running and enabled", "grafana-server.service", unit_files=[drop_in],
+            restarted=any(op.will_change for op in provisioned))

@@ -5,11 +5,10 @@ from pyinfra import host
 from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files, server
 
-from tasks import preflight
+from tasks.plan import Plan
 
 
-def install() -> bool:
-    plan = preflight.plan()
+def install(plan: Plan) -> bool:
     settings, model = plan.settings, plan.model
     directory = f"{settings.model_store_dir}/{model.name}"
     files.directory(name=f"Model directory {directory}", path=directory, user="root",

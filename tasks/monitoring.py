@@ -3,12 +3,12 @@ status and client, from its access log) on every gateway, Prometheus and
 Alertmanager (Debian's packages) on the monitoring hosts, with targets generated from the
 inventory and alert rules checked by promtool before every reload."""
 
-from pyinfra import host
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import apt
 
-from tasks import firewall, preflight, topology
+from tasks import firewall, topology
 from tasks.gateway import ACCESS_LOG, STUB_STATUS_ADDRESS
-from tasks.rendering import install_checked, put_text, render
+from tasks.plan import Plan
+from tasks.rendering import SYSTEMD_DIR, install_checked, put_text, put_unit_file, render, running
 
 RULES_FILE = "/etc/prometheus/nas-ai.rules.yml"
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
@@ -36,17 +36,16 @@ def _service_args(name: str, package: str, unit: str, args: str, drop_in: str | 
     apt.packages(name=f"Install {name}", packages=[package], no_recommends=True, cache_time=24 * 3600)
     flags = put_text(f"{name} flags", f'# Managed by the nas-ai deploy (tasks/monitoring.py).\nARGS="{args}"\n',
                      f"/etc/default/{package}", "0644")
-    unit_changed = drop_in is not None and put_text(
-        f"{name} unit drop-in", drop_in, f"/etc/systemd/system/{unit}.d/nas-ai.conf", "0644").will_change
-    systemd.service(name=f"{name} running and enabled", service=unit, running=True, enabled=True,
-                    daemon_reload=unit_changed, restarted=flags.will_change or unit_changed)
+    unit_files = [] if drop_in is None else [
+        put_unit_file(f"{name} unit drop-in", drop_in, f"{SYSTEMD_DIR}/{unit}.d/nas-ai.conf")]
+    running(f"{name} running and enabled", unit, unit_files=unit_files, restarted=flags.will_change)
 
 
-def exporters() -> None:
+def exporters(plan: Plan) -> None:
     _service_args("node_exporter", "prometheus-node-exporter", "prometheus-node-exporter.service",
                   "--collector.systemd --collector.systemd.enable-restarts-metrics "
                   f"--collector.systemd.unit-include={WATCHED_UNITS}")
-    if topology.is_gateway():
+    if plan.gateway:
         _service_args("nginx exporter", "prometheus-nginx-exporter", "prometheus-nginx-exporter.service",
                       f"-nginx.scrape-uri=http://{STUB_STATUS_ADDRESS}/stub_status "
                       f"-web.listen-address=:{firewall.NGINX_EXPORTER_PORT}", NGINX_EXPORTER_DROP_IN)
@@ -57,39 +56,39 @@ def _gateway_log_exporter() -> None:
     """nginx's stub_status has no status codes: mtail counts them from the JSON access log (its
     Debian package puts the mtail user in the adm group, which reads /var/log/nginx)."""
     apt.packages(name="Install mtail", packages=["mtail"], no_recommends=True, cache_time=24 * 3600)
-    program_changed = install_checked("mtail program", render("monitoring/nas-ai-gateway.mtail"), MTAIL_PROGRAM,
-                                      "mtail --compile_only --logtostderr --progs /etc/mtail")
+    program = install_checked("mtail program", render("monitoring/nas-ai-gateway.mtail"), MTAIL_PROGRAM,
+                              "mtail --compile_only --logtostderr --progs /etc/mtail")
     flags = put_text("mtail flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
                      f"LOGS={ACCESS_LOG}\nHOST=0.0.0.0\nPORT={firewall.GATEWAY_LOG_EXPORTER_PORT}\n"
                      'EXTRA_ARGS="--emit_prog_label=false"\n', "/etc/default/mtail", "0644")
-    systemd.service(name="mtail running and enabled", service="mtail.service", running=True, enabled=True,
-                    restarted=flags.will_change, reloaded=program_changed and not flags.will_change)
+    running("mtail running and enabled", "mtail.service", restarted=flags.will_change,
+            reloaded=program.will_change)
 
 
-def _target(target, port: int, via_engine_address: bool = False) -> dict:
-    if target.name == host.name:
-        address = preflight.plan().bind_address if via_engine_address else "127.0.0.1"
+def _target(plan: Plan, target, port: int, via_engine_address: bool = False) -> dict:
+    if target.name == plan.host:
+        address = plan.bind_address if via_engine_address else "127.0.0.1"
     elif via_engine_address:
-        address = topology.address_from(target, host)
+        address = topology.address_from(target, plan.host)
     else:
         address = topology.lan_address(target)
     return {"address": f"{address}:{port}", "node": target.name}
 
 
-def scrape_jobs() -> dict[str, list[dict]]:
-    engine_port = preflight.plan().settings.engine_port
+def scrape_jobs(plan: Plan) -> dict[str, list[dict]]:
+    engine_port = plan.settings.engine_port
     everyone = {h.name: h for h in topology.inference_hosts() + topology.gateway_hosts()
                 + topology.monitoring_hosts()}.values()
     return {
-        "node": [_target(h, firewall.NODE_EXPORTER_PORT) for h in everyone],
-        "nginx": [_target(h, firewall.NGINX_EXPORTER_PORT) for h in topology.gateway_hosts()],
-        "gateway": [_target(h, firewall.GATEWAY_LOG_EXPORTER_PORT) for h in topology.gateway_hosts()],
-        "engine": [_target(h, engine_port, via_engine_address=True) for h in topology.inference_hosts()],
+        "node": [_target(plan, h, firewall.NODE_EXPORTER_PORT) for h in everyone],
+        "nginx": [_target(plan, h, firewall.NGINX_EXPORTER_PORT) for h in topology.gateway_hosts()],
+        "gateway": [_target(plan, h, firewall.GATEWAY_LOG_EXPORTER_PORT) for h in topology.gateway_hosts()],
+        "engine": [_target(plan, h, engine_port, via_engine_address=True) for h in topology.inference_hosts()],
     }
 
 
-def server() -> None:
-    settings = preflight.plan().settings
+def server(plan: Plan) -> None:
+    settings = plan.settings
     apt.packages(name="Install Prometheus and Alertmanager",
                  packages=["prometheus", "prometheus-alertmanager"], no_recommends=True,
                  cache_time=24 * 3600)
@@ -98,18 +97,17 @@ def server() -> None:
                      f'ARGS="--storage.tsdb.retention.time={settings.monitoring_retention_time} '
                      f'--storage.tsdb.retention.size={settings.monitoring_retention_size}"\n',
                      "/etc/default/prometheus", "0644")
-    rules_changed = install_checked(
+    alert_rules = install_checked(
         "Alert rules", render("monitoring/nas-ai.rules.yml.j2", ttft_p99_slo_s=settings.monitoring_ttft_p99_slo_s),
-        RULES_FILE, f"promtool check rules {RULES_FILE}")
-    config_changed = install_checked(
+        RULES_FILE, "promtool check rules {path}")
+    # Checked after the rules it names are live: promtool reads them from their final path.
+    config = install_checked(
         "Prometheus config", render("monitoring/prometheus.yml.j2", scrape_interval=settings.monitoring_scrape_interval,
-                                    rules_file=RULES_FILE, jobs=scrape_jobs()),
-        PROMETHEUS_CONFIG, f"promtool check config {PROMETHEUS_CONFIG}")
-    alerting_changed = install_checked(
+                                    rules_file=RULES_FILE, jobs=scrape_jobs(plan)),
+        PROMETHEUS_CONFIG, "promtool check config {path}")
+    alerting = install_checked(
         "Alertmanager config", render("monitoring/alertmanager.yml.j2", webhook=settings.monitoring_alert_webhook),
-        ALERTMANAGER_CONFIG, f"amtool check-config {ALERTMANAGER_CONFIG}")
-    systemd.service(name="Prometheus running and enabled", service="prometheus.service", running=True,
-                    enabled=True, restarted=flags.will_change,
-                    reloaded=(rules_changed or config_changed) and not flags.will_change)
-    systemd.service(name="Alertmanager running and enabled", service="prometheus-alertmanager.service",
-                    running=True, enabled=True, reloaded=alerting_changed)
+        ALERTMANAGER_CONFIG, "amtool check-config {path}")
+    running("Prometheus running and enabled", "prometheus.service", restarted=flags.will_change,
+            reloaded=alert_rules.will_change or config.will_change)
+    running("Alertmanager running and enabled", "prometheus-alertmanager.service", reloaded=alerting.will_change)

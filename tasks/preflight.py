@@ -1,37 +1,15 @@
 """Preflight: facts of the host and every data key checked before any operation changes anything.
 Each refusal raises DeployError with the key or fact at fault and what to change."""
 
-from dataclasses import dataclass
-
 from pyinfra import host
 from pyinfra.facts.files import File
 
-from tasks import budget, cpu_profile, grafana, model_source, topology
+from tasks import budget, cpu_profile, engine, gateway, grafana, model_source, topology
 from tasks.facts import NasHost
-from tasks.settings import ENGINE_SERVERS, MAX_PARALLEL, DeployError, Settings, resolve
+from tasks.plan import Plan
+from tasks.settings import MAX_PARALLEL, DeployError, Settings, resolve
 
 SUPPORTED_OS = {"debian": 12, "ubuntu": 22}  # minimum major version of each
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the deploy will make of this host, computed once and read by every task."""
-    settings: Settings
-    facts: dict
-    profile: cpu_profile.CpuProfile
-    limits: budget.Limits
-    budget: budget.Budget
-    model: model_source.ModelFile
-    model_path: str        # on the host
-    bind_address: str
-    parallel: int          # requests the engine serves at once (llama-server's slots, or workers)
-
-
-_plans: dict[str, Plan] = {}
-
-
-def plan() -> Plan:
-    return _plans[host.name]
 
 
 def _check_os(facts: dict) -> None:
@@ -71,9 +49,6 @@ def check() -> Plan:
             "set preflight_allow_without_avx2 = True for this host")
     limits = budget.limits(settings, facts["mem_bytes"], facts["cpus"])
     model = model_source.resolve(settings.model_name, settings.model_source, settings.model_sha256)
-    if settings.engine_server not in ENGINE_SERVERS:
-        raise DeployError(f"{host.name}: engine_server `{settings.engine_server}` is not one of "
-                          f"{', '.join(ENGINE_SERVERS)}")
     if settings.engine_server == "llama-server":
         parallel, fits = budget.slots(model.size, model.metadata, settings.engine_context_size,
                                       limits.memory_high, settings.engine_parallel, MAX_PARALLEL)
@@ -94,19 +69,15 @@ def check() -> Plan:
             f"{model.metadata.get('general.architecture')}.context_length", 1 << 30):
         raise DeployError(f"engine_context_size {settings.engine_context_size} exceeds the model's "
                           "trained context length: lower it")
-    if not settings.engine_build_on_host and not _engine_available(profile):
-        raise DeployError(
-            f"{host.name}: no engine for CPU profile {profile.name} on this controller, installed or "
-            "compiled, and engine_build_on_host is False: deploy first to a host of that profile, "
-            "or set engine_build_on_host = True (compiling takes minutes)")
-    if topology.is_monitoring():
-        grafana.source(settings)
-    result = Plan(settings, facts, profile, limits, fits, model, model_path,
-                  topology.engine_bind_address(), parallel)
-    _plans[host.name] = result
-    return result
-
-
-def _engine_available(profile: cpu_profile.CpuProfile) -> bool:
-    from tasks import engine  # engine imports this module for plan()
-    return engine.can_install_without_compiling(profile)
+    roles = {"inference": topology.is_inference(), "gateway": topology.is_gateway(),
+             "monitoring": topology.is_monitoring()}
+    # Each task's own checks of its data, before any task declares an operation.
+    if roles["inference"]:
+        engine.check(host.name, settings, profile)
+    if roles["gateway"]:
+        gateway.check(settings)
+    if roles["monitoring"]:
+        grafana.check(settings)
+    return Plan(host=host.name, **roles, settings=settings, facts=facts, profile=profile, limits=limits,
+                budget=fits, model=model, model_path=model_path, bind_address=topology.engine_bind_address(),
+                parallel=parallel)

@@ -2,13 +2,13 @@
 
 from pyinfra.operations import files, server
 
-from tasks import preflight
+from tasks.plan import Plan
 
 SYSCTL_FILE = "/etc/sysctl.d/60-nas-ai.conf"
 
 
-def configure() -> None:
-    settings = preflight.plan().settings
+def configure(plan: Plan) -> None:
+    settings = plan.settings
     # Keep the model's pages and the KV cache in RAM: swapping them makes every token wait on disk.
     server.sysctl(name="vm.swappiness (persisted)", key="vm.swappiness",
                   value=settings.system_swappiness, persist=True, persist_file=SYSCTL_FILE)

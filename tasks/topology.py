@@ -66,9 +66,9 @@ def engine_bind_address(target=None) -> str:
     return lan_address(target)
 
 
-def address_from(target, client) -> str:
-    """How `client` reaches a service of `target` that listens where its engine does."""
+def address_from(target, client: str) -> str:
+    """How the host named `client` reaches a service of `target` that listens where its engine does."""
     bind = engine_bind_address(target)
-    if bind == "127.0.0.1" and target.name != client.name:
-        raise DeployError(f"{target.name} binds to loopback but {client.name} must reach it")
+    if bind == "127.0.0.1" and target.name != client:
+        raise DeployError(f"{target.name} binds to loopback but {client} must reach it")
     return bind
