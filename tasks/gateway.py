@@ -1,6 +1,7 @@
 """Gateway: nginx in front of every engine of the inventory, with API keys and per-key limits."""
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host
@@ -10,7 +11,7 @@ from pyinfra.operations import apt, files, server
 from tasks import secrets, topology
 from tasks.plan import Plan
 from tasks.rendering import install_checked, put_text, render, running
-from tasks.settings import DeployError
+from tasks.settings import DeployError, check_value
 
 CONF_PATH = "/etc/nginx/conf.d/nas-ai.conf"
 PRIVATE_DIR = "/etc/nginx/nas-ai"
@@ -22,30 +23,72 @@ ACCESS_LOG = "/var/log/nginx/nas-ai.access.log"
 SELF_SIGNED = {"certificate": f"{PRIVATE_DIR}/self-signed.crt", "key": f"{PRIVATE_DIR}/self-signed.key"}
 
 
-def keys_map(api_keys: dict[str, str]) -> str:
-    lines = []
-    for name, key in sorted(api_keys.items()):
+# A client's own limits, each defaulting to the data key that sets every client's.
+CLIENT_LIMITS = {"rate_per_minute": "gateway_rate_per_minute", "rate_burst": "gateway_rate_burst",
+                 "concurrent": "gateway_concurrent_per_key"}
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    key: str
+    rate_per_minute: int
+    rate_burst: int
+    concurrent: int
+
+
+def clients(api_keys: dict, settings) -> list[Client]:
+    """gateway_api_keys as clients: {name: key} or {name: {"key": key, "rate_per_minute": ..., "rate_burst":
+    ..., "concurrent": ...}}, every limit checked against the spec of the data key it overrides."""
+    found = []
+    for name, entry in sorted(api_keys.items()):
+        if not (isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum()):
+            raise DeployError(f"gateway_api_keys: client name {name!r} may hold letters, digits, - and _")
+        entry = dict(entry) if isinstance(entry, dict) else {"key": entry}
+        unknown = set(entry) - {"key", *CLIENT_LIMITS}
+        if unknown:
+            raise DeployError(f"gateway_api_keys[{name!r}]: unknown {', '.join(sorted(unknown))}; a client takes "
+                              f"key, {', '.join(CLIENT_LIMITS)}")
+        key = entry.get("key")
         if not (isinstance(key, str) and len(key) >= 16 and key.isprintable() and " " not in key
                 and '"' not in key and "\\" not in key):
             raise DeployError(f"gateway_api_keys[{name!r}] must be a string of 16 or more printable "
                               "characters without spaces, quotes or backslashes")
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise DeployError(f"gateway_api_keys: client name {name!r} may hold letters, digits, - and _")
-        lines.append(f'"Bearer {key}" "{name}";')
-    if not lines:
+        limits = {}
+        for limit, setting in CLIENT_LIMITS.items():
+            limits[limit] = entry.get(limit, getattr(settings, setting))
+            problem = check_value(setting, limits[limit])
+            if problem:
+                raise DeployError(f"gateway_api_keys[{name!r}][{limit!r}] {problem} (as {setting})")
+        found.append(Client(name, key, **limits))
+    if not found:
         raise DeployError("gateway_api_keys is empty: give at least one {name: key}")
-    return "\n".join(lines) + "\n"
+    return found
 
 
-def site_config(settings, upstreams: list[str], backend_key: str, tls: dict | None,
+def keys_map(clients: list[Client]) -> str:
+    """"Bearer <key>" -> client name, for the 0600 file the site includes."""
+    return "".join(f'"Bearer {client.key}" "{client.name}";\n' for client in clients)
+
+
+def limit_classes(clients: list[Client]) -> list[dict]:
+    """Clients grouped by their limits: nginx needs one rate zone per rate."""
+    classes: dict[tuple, list[str]] = {}
+    for client in clients:
+        classes.setdefault((client.rate_per_minute, client.rate_burst, client.concurrent), []).append(client.name)
+    return [{"rate_per_minute": rate, "rate_burst": burst, "concurrent": concurrent, "clients": names,
+             # one request's worth of the rate
+             "retry_after_s": max(1, math.ceil(60 / rate))}
+            for (rate, burst, concurrent), names in sorted(classes.items())]
+
+
+def site_config(settings, clients: list[Client], upstreams: list[str], backend_key: str, tls: dict | None,
                 keys_file: str = KEYS_FILE) -> str:
     return render(
         "gateway/nas-ai.conf.j2", keys_file=keys_file, upstreams=upstreams, backend_key=backend_key,
         port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
-        max_body=settings.gateway_max_body, rate_per_minute=settings.gateway_rate_per_minute,
-        rate_burst=settings.gateway_rate_burst, concurrent_per_key=settings.gateway_concurrent_per_key,
-        read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=STUB_STATUS_ADDRESS, access_log=ACCESS_LOG,
-        retry_after_s=max(1, math.ceil(60 / settings.gateway_rate_per_minute)))
+        max_body=settings.gateway_max_body, limits=limit_classes(clients),
+        read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=STUB_STATUS_ADDRESS, access_log=ACCESS_LOG)
 
 
 def upstreams(plan: Plan) -> list[str]:
@@ -55,7 +98,7 @@ def upstreams(plan: Plan) -> list[str]:
 
 def check(settings) -> None:
     """Preflight: the clients' keys and the TLS choice are usable."""
-    keys_map(secrets.api_keys(settings.gateway_api_keys))
+    clients(secrets.api_keys(settings.gateway_api_keys), settings)
     tls = settings.gateway_tls
     if tls is None or tls == "self-signed":
         return
@@ -90,13 +133,14 @@ def configure(plan: Plan) -> None:
                  cache_time=24 * 3600)
     files.directory(name=f"Directory {PRIVATE_DIR}", path=PRIVATE_DIR, user="root", group="root",
                     mode="0700")
-    keys = put_text("Gateway API keys (0600)", keys_map(secrets.api_keys(settings.gateway_api_keys)),
-                    KEYS_FILE, "0600")
+    gateway_clients = clients(secrets.api_keys(settings.gateway_api_keys), settings)
+    keys = put_text("Gateway API keys (0600)", keys_map(gateway_clients), KEYS_FILE, "0600")
     default_site = files.link(name="No Debian default site on the gateway's port",
                               path="/etc/nginx/sites-enabled/default", present=False)
     tls = _tls(settings)
     # nginx -t reads the whole configuration: the site is checked in place.
-    site = install_checked("nginx site nas-ai", site_config(settings, upstreams(plan), secrets.backend_key(), tls),
+    site = install_checked("nginx site nas-ai", site_config(settings, gateway_clients, upstreams(plan), secrets.backend_key(),
+                                                               tls),
                            CONF_PATH, "nginx -t -q", mode="0600")
     running("nginx running and enabled", "nginx.service",
             reloaded=keys.will_change or default_site.will_change or site.will_change)

@@ -94,9 +94,9 @@ SETTINGS: dict[str, Setting] = {
                                     minimum=10),
     # gateway
     "gateway_port": _s(80, int, "HTTP port of the gateway.", minimum=PORT[0], maximum=PORT[1]),
-    "gateway_api_keys": _s(None, (dict, NONE), "{name: key} of the clients; default: one key generated on the controller (see README)."),
+    "gateway_api_keys": _s(None, (dict, NONE), "{name: key} of the clients, or {name: {key: ..., rate_per_minute: ..., rate_burst: ..., concurrent: ...}} for a client with its own limits (each defaults to the gateway_ key); default: one key generated on the controller (see README)."),
     "gateway_rate_per_minute": _s(10, int, "Requests per minute per key (the article: 10/minute).", minimum=1, maximum=60000),
-    "gateway_rate_burst": _s(5, int, "Requests a key may send at once above its rate before getting 429.", minimum=0, maximum=10000),
+    "gateway_rate_burst": _s(5, int, "Requests a key may send at once above its rate before getting 429 (0: none).", minimum=0, maximum=10000),
     "gateway_concurrent_per_key": _s(2, int, "Requests in flight per key before 429.", minimum=1, maximum=10000),
     "gateway_max_body": _s("1m", str, "Largest request body (nginx size); larger ones get 413.",
                            pattern=NGINX_SIZE, shape="an nginx size such as 512k or 1m"),

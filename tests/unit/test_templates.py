@@ -21,10 +21,13 @@ def _nginx_test(tmp_path, site: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def _site(tmp_path, data=None, tls=None):
+def _site(tmp_path, data=None, tls=None, api_keys=None):
     keys = tmp_path / "keys.map"
-    keys.write_text(gateway.keys_map({"alice": "sk-alice-0123456789abcdef", "bob": "sk-bob-0123456789abcdefg"}))
-    return gateway.site_config(resolve("nas1", data or {}), ["127.0.0.1:8080", "10.213.0.12:8080"],
+    settings = resolve("nas1", data or {})
+    clients = gateway.clients(api_keys or {"alice": "sk-alice-0123456789abcdef", "bob": "sk-bob-0123456789abcdefg"},
+                              settings)
+    keys.write_text(gateway.keys_map(clients))
+    return gateway.site_config(settings, clients, ["127.0.0.1:8080", "10.213.0.12:8080"],
                                "backend-key-xyz", tls, keys_file=str(keys))
 
 
@@ -36,10 +39,10 @@ def test_gateway_config_passes_nginx_t(tmp_path):
     assert "least_conn;" in site and "zone nas_ai_engines" in site
     assert "server 10.213.0.12:8080 max_fails=3 fail_timeout=30s;" in site
     assert "rate=10r/m" in site and "burst=5 nodelay" in site
-    assert "limit_conn nas_ai_conn 2;" in site
+    assert "limit_conn nas_ai_conn_1 2;" in site and "nas_ai_rate_2" not in site
     assert "proxy_buffering off;" in site and "server_tokens off;" in site
     assert "non_idempotent" not in site
-    assert "429 6;" in site  # Retry-After: one request's worth of the 10/minute rate
+    assert '"alice" 6;' in site  # Retry-After: one request's worth of the 10/minute rate
 
 
 @needs_nginx
@@ -73,7 +76,35 @@ def test_api_keys_are_never_in_the_site_config(tmp_path):
 ])
 def test_bad_api_keys_are_refused(keys, message):
     with pytest.raises(DeployError, match=message):
-        gateway.keys_map(keys)
+        gateway.clients(keys, resolve("nas1", {}))
+
+
+@needs_nginx
+def test_each_client_gets_its_own_limits(tmp_path):
+    site = _site(tmp_path, api_keys={
+        "alice": "sk-alice-0123456789abcdef",
+        "bob": {"key": "sk-bob-0123456789abcdefg", "rate_per_minute": 2, "rate_burst": 0},
+        "carol": {"key": "sk-carol-0123456789abcdef", "concurrent": 1}})
+    result = _nginx_test(tmp_path, site)
+    assert result.returncode == 0, result.stderr
+    # Three sets of limits, each its own zones, each client in one of them.
+    assert "rate=2r/m" in site and site.count("rate=10r/m") == 2
+    assert site.count("limit_req zone=nas_ai_rate_") == 3 and site.count("limit_conn nas_ai_conn_") == 3
+    # Sorted by rate, burst, concurrency: bob (2/min, no burst), carol (1 at once), alice.
+    assert "limit_req zone=nas_ai_rate_1;" in site  # nginx refuses burst=0: no burst is written
+    assert "limit_conn nas_ai_conn_2 1;" in site and "limit_conn nas_ai_conn_3 2;" in site
+    assert '"bob" 30;' in site and '"alice" 6;' in site
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"key": "sk-bob-0123456789abcdefg", "rate_per_minute": 0}, r"\['bob'\]\['rate_per_minute'\] is 0; it must be at least 1"),
+    ({"key": "sk-bob-0123456789abcdefg", "concurrent": "2"}, r"\['concurrent'\] must be int"),
+    ({"key": "sk-bob-0123456789abcdefg", "rate": 5}, "unknown rate; a client takes key, rate_per_minute"),
+    ({"rate_per_minute": 5}, "must be a string of 16 or more"),
+])
+def test_bad_client_limits_are_refused(entry, message):
+    with pytest.raises(DeployError, match=message):
+        gateway.clients({"bob": entry}, resolve("nas1", {}))
 
 
 def test_firewall_opens_each_port_to_its_callers_only():
