@@ -23,15 +23,16 @@ import csv
 import json
 import runpy
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from nas_ai_engine import native  # the engine's own llama-server command line
+from nas_ai_engine.sse import DataParser
+
+from lab import ssh, waiting
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,15 +76,17 @@ class Series:
 
 
 class Host:
+    """A host of the inventory, by its name in `ssh_config` (the lab's, or the operator's own)."""
+
     def __init__(self, name: str, ssh_config: str):
         self.name, self.ssh_config = name, ssh_config
 
     def run(self, command: str, check: bool = True) -> str:
-        result = subprocess.run(["ssh", "-F", self.ssh_config, self.name, "sudo", "sh", "-c", shlex.quote(command)],
-                                capture_output=True, text=True, timeout=900)
-        if check and result.returncode != 0:
-            raise SystemExit(f"bench: `{command}` failed on {self.name}: {result.stderr.strip()[-1500:]}")
-        return result.stdout
+        try:
+            return ssh.run_on(self.name, command, sudo=True, check=check, timeout=900,
+                              ssh_config=self.ssh_config).stdout
+        except ssh.RemoteCommandError as error:
+            raise SystemExit(f"bench: {error}") from None
 
 
 async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model: str, prompt: str,
@@ -97,14 +100,14 @@ async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model
                 series.failures += 1
                 series.errors.append(f"{response.status_code} {(await response.aread())[:200]!r}")
                 return
-            async for line in response.aiter_lines():
-                if not line.startswith("data:") or line.endswith("[DONE]"):
-                    continue
-                choice = (json.loads(line[5:]).get("choices") or [{}])[0]
-                if (choice.get("delta") or {}).get("content"):
-                    tokens += 1
-                    if first is None:
-                        first = time.monotonic() - started
+            events = DataParser()
+            async for piece in response.aiter_bytes():
+                for data in events.feed(piece):
+                    choice = (json.loads(data).get("choices") or [{}])[0]
+                    if (choice.get("delta") or {}).get("content"):
+                        tokens += 1
+                        if first is None:
+                            first = time.monotonic() - started
     except httpx.HTTPError as error:
         series.failures += 1
         series.errors.append(repr(error))
@@ -194,15 +197,11 @@ def start_direct(host: Host, config: dict, parallel: int) -> str:
 
 
 def wait_healthy(url: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"bench: {url} not healthy in {timeout:.0f} s")
+    try:
+        waiting.wait_until(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, timeout,
+                           f"{url}/health to answer 200", interval=0.5, retry_on=(httpx.HTTPError,))
+    except waiting.TimedOut as error:
+        raise SystemExit(f"bench: {error}") from None
 
 
 def plot(rows: list[dict], ceiling: float, raw: dict, path: Path, title: str) -> None:

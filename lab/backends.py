@@ -8,12 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from lab import config, image, network, state
+from lab import config, image, network, state, waiting
 
 RESOLV_CONF = Path("/etc/resolv.conf")
+# A killed process ends at once; one that does not (stuck in the kernel) is worth an error, not a hang.
+KILLED_EXIT_S = 30
 
 
 def nameservers() -> list[str]:
@@ -116,13 +117,12 @@ def stop(host: dict, timeout: float = 30) -> None:
     running = pid(host)
     if running:
         os.kill(running, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while state.pid_alive(_host_dir(host) / "pid") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if state.pid_alive(_host_dir(host) / "pid"):
+        try:
+            waiting.wait_until(lambda: not pid(host), timeout, f"{host['name']} to power off", interval=0.2)
+        except waiting.TimedOut:
             os.kill(running, signal.SIGKILL)
-            while state.pid_alive(_host_dir(host) / "pid"):
-                time.sleep(0.1)
+            waiting.wait_until(lambda: not pid(host), KILLED_EXIT_S,
+                               f"{host['name']} (pid {running}) to end after SIGKILL", interval=0.1)
     base = _host_dir(host)
     root = base / "root"
     if os.path.ismount(root):

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab import backends, config, image, network, ssh, state
+from lab import backends, config, image, network, ssh, state, waiting
 
 
 def _require_root() -> None:
@@ -19,28 +19,30 @@ def _require_root() -> None:
 def _wait_ready(hosts: list[dict]) -> None:
     """Poll each host until SSH answers and systemd has finished booting."""
     for host in hosts:
-        started = time.monotonic()
-        deadline = started + config.BOOT_TIMEOUT_S[host["backend"]]
-        booting = ("initializing", "starting")
-        while True:
+        def booted_state(host=host) -> str | None:
             if not backends.pid(host):
                 sys.exit(f"lab: {host['name']} stopped while booting; see "
                          f"{config.HOSTS_DIR / host['name'] / 'console.log'}")
-            try:
-                current = ssh.system_state(host["address"])
-            except Exception:  # a timeout of one probe is not fatal; the deadline is
-                current = None
-            if current and current not in booting:
-                break
-            if time.monotonic() > deadline:
-                sys.exit(f"lab: {host['name']} not ready after {deadline - started:.0f} s "
-                         f"(state: {current or 'no SSH'}); see its console.log")
-            time.sleep(0.5)
+            return ssh.system_state(host["address"])
+
+        timeout = config.BOOT_TIMEOUT_S[host["backend"]]
+        try:
+            current = waiting.wait_until(booted_state, timeout, f"{host['name']} to boot", interval=0.5,
+                                         ready=lambda system: system not in (None, "initializing", "starting"))
+        except waiting.TimedOut as error:
+            sys.exit(f"lab: {host['name']} not ready after {timeout:.0f} s "
+                     f"(state: {error.last or 'no SSH'}); see its console.log")
         host["boot_seconds"] = round(time.monotonic() - host["started_at"], 1)
         print(f"lab: {host['name']} ({host['backend']}, {host['address']}) {current} "
               f"after {host['boot_seconds']} s", file=sys.stderr)
         if current != "running":
-            subprocess.run(ssh.ssh_command(host["address"], "systemctl", "--failed", "--no-legend"))
+            try:
+                failed = ssh.run_on(host["address"], "systemctl --failed --no-legend")
+            except subprocess.TimeoutExpired:  # only a report: the host is up all the same
+                print("lab: `systemctl --failed` did not answer in time", file=sys.stderr)
+            else:
+                print(failed.stdout, end="")
+                print(failed.stderr, end="", file=sys.stderr)
 
 
 def up(backend: str, nodes: int, nice: int = 0) -> None:
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     up_parser = commands.add_parser("up", help="start lab hosts (twice is harmless)")
     up_parser.add_argument("--backend", choices=sorted(config.BACKENDS), default="container")
     up_parser.add_argument("--nodes", type=int, default=2)
-    up_parser.add_argument("--nice", type=int, default=0, choices=range(0, 20), metavar="0-19",
+    up_parser.add_argument("--nice", type=int, default=0, choices=range(20), metavar="0-19",
                            help="CPU priority of the VMs (qemu): 19 runs them on what the "
                                 "rest of the machine leaves idle")
     commands.add_parser("down", help="stop every lab host and remove what the lab added")

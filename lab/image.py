@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab import config
+from lab import atomic, config
 from lab.ssh import ensure_key
 
 SUITE = "bookworm"
@@ -109,17 +109,16 @@ def ensure_image() -> Path:
     if (target / "rootfs").is_dir():
         return target
     spec = recipe()
-    building = target.with_name(target.name + ".building")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
     started = time.monotonic()
     print(f"lab: building the Debian {SUITE} image (debootstrap, a few minutes) ...", file=sys.stderr)
-    root = building / "rootfs"
-    _run("debootstrap", "--variant=minbase", f"--include={','.join(spec['packages'])}",
-         SUITE, str(root), MIRROR, stdout=subprocess.DEVNULL)
-    _configure(root, spec)
-    (building / "recipe.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-    building.rename(target)
+    # Kept if the build fails: debootstrap's log in it says why (the next build clears it).
+    with atomic.replacing(target, remove_on_failure=False) as building:
+        building.mkdir()
+        root = building / "rootfs"
+        _run("debootstrap", "--variant=minbase", f"--include={','.join(spec['packages'])}",
+             SUITE, str(root), MIRROR, stdout=subprocess.DEVNULL)
+        _configure(root, spec)
+        (building / "recipe.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
     for old in config.IMAGES_DIR.glob(f"debian-{SUITE}-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
@@ -135,9 +134,7 @@ def ensure_vm_disk(image: Path) -> tuple[Path, Path, Path]:
     root = image / "rootfs"
     shutil.copy(max((root / "boot").glob("vmlinuz-*")), kernel)
     shutil.copy(max((root / "boot").glob("initrd.img-*")), initrd)
-    partial = disk.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    _run("truncate", "-s", config.VM_DISK_SIZE, str(partial))
-    _run("mkfs.ext4", "-q", "-F", "-L", "labroot", "-d", str(root), str(partial))
-    partial.rename(disk)
+    with atomic.replacing(disk) as partial:
+        _run("truncate", "-s", config.VM_DISK_SIZE, str(partial))
+        _run("mkfs.ext4", "-q", "-F", "-L", "labroot", "-d", str(root), str(partial))
     return disk, kernel, initrd

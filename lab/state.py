@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from lab import config
+from lab import atomic, config
 
 
 def load() -> dict:
@@ -13,17 +13,8 @@ def load() -> dict:
     return {"hosts": {}}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of it (tests read the lab's files
-    while a VM started in the background rewrites them)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.rename(path)
-
-
 def save(state: dict) -> None:
-    write_atomic(config.STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
+    atomic.write_text(config.STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
 
 
 def pid_alive(pid_file: str | Path) -> int | None:

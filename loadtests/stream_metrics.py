@@ -4,8 +4,10 @@ Pure functions: fed (arrival time, line) pairs, so a recorded stream gives the s
 """
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+
+from nas_ai_engine.sse import DataParser
 
 
 @dataclass(frozen=True)
@@ -49,32 +51,29 @@ def measure(lines: Iterable[tuple[float, bytes | str]], sent_at: float) -> Strea
     Tokens are the server's count (`usage.completion_tokens`) when it sends one, else the number
     of chunks that carried text (llama.cpp servers send one token per chunk).
     """
-    ttft, end, chunks, usage_tokens, text, done = None, sent_at, 0, None, [], False
+    ttft, end, chunks, usage_tokens, text = None, sent_at, 0, None, []
+    events = DataParser()
     for arrived, raw in lines:
-        line = raw.decode() if isinstance(raw, bytes) else raw
         end = arrived
-        line = line.strip()
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (": ping"), event names
-        data = line[len("data:"):].strip()
-        if data == "[DONE]":
-            done = True
+        # Each line comes whole, without its end: given back, the parser takes it at once.
+        for data in events.feed((raw.encode() if isinstance(raw, str) else raw) + b"\n"):
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise StreamError(f"a stream chunk is not JSON: {data[:80]!r}") from None
+            if "error" in chunk:
+                raise StreamError(f"the server sent an error mid-stream: {chunk['error']}")
+            piece = _chunk_text(chunk)
+            if piece:
+                chunks += 1
+                text.append(piece)
+                if ttft is None:
+                    ttft = arrived - sent_at
+            if chunk.get("usage"):
+                usage_tokens = chunk["usage"].get("completion_tokens")
+        if events.done:
             break
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise StreamError(f"a stream chunk is not JSON: {data[:80]!r}") from None
-        if "error" in chunk:
-            raise StreamError(f"the server sent an error mid-stream: {chunk['error']}")
-        piece = _chunk_text(chunk)
-        if piece:
-            chunks += 1
-            text.append(piece)
-            if ttft is None:
-                ttft = arrived - sent_at
-        if chunk.get("usage"):
-            usage_tokens = chunk["usage"].get("completion_tokens")
-    if not done:
+    if not events.done:
         raise StreamError("the stream ended without [DONE]")
     return StreamMetrics(ttft_s=ttft, total_s=end - sent_at,
                          output_tokens=usage_tokens if usage_tokens is not None else chunks,

@@ -7,6 +7,7 @@ import time
 import httpx
 import openai
 import pytest
+from nas_ai_engine.sse import DataParser
 
 from tests.lab.harness import lab_host
 
@@ -131,10 +132,11 @@ def test_several_users_are_served_at_once(gateway_url, api_key, deployment):
                           json={"model": MODEL, "max_tokens": 64, "stream": True, "temperature": 0,
                                 "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}]}) as response:
             assert response.status_code == 200
-            for line in response.iter_lines():
-                if first is None and line.startswith("data: {"):
-                    choice = (json.loads(line[6:]).get("choices") or [{}])[0]
-                    if (choice.get("delta") or {}).get("content"):
+            events = DataParser()
+            for piece in response.iter_bytes():
+                for data in events.feed(piece):
+                    choice = (json.loads(data).get("choices") or [{}])[0]
+                    if first is None and (choice.get("delta") or {}).get("content"):
                         first = time.monotonic() - start
         return first, time.monotonic() - start
 

@@ -6,6 +6,7 @@ import time
 import httpx
 import pytest
 
+from lab.waiting import wait_until
 from tasks import secrets
 from tests.lab.harness import http_from, lab_host
 
@@ -20,16 +21,6 @@ def monitoring(deployment):
             "host": lab_host(name), "groups": deployment["groups"]}
 
 
-def _until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _targets(prometheus: str) -> list[dict]:
     return httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
@@ -39,7 +30,8 @@ def test_every_target_is_up(monitoring):
     gateways = [name for name, _ in monitoring["groups"]["gateway"]]
     expected = {("node", n) for n in inference} | {("engine", n) for n in inference} | \
         {("nginx", n) for n in gateways} | {("gateway", n) for n in gateways}
-    _until(lambda: all(t["health"] == "up" for t in _targets(monitoring["prometheus"])), 90, "every target up")
+    wait_until(lambda: all(t["health"] == "up" for t in _targets(monitoring["prometheus"])), 90, "every target up",
+               interval=2)
     found = {(t["labels"]["job"], t["labels"].get("node")) for t in _targets(monitoring["prometheus"])}
     assert expected <= found
 
@@ -86,7 +78,7 @@ def test_engine_metrics_count_the_requests_sent(monitoring, gateway_url, api_key
 
 def test_gateway_answers_are_counted_by_status_and_client(monitoring, gateway_url, api_key):
     client = next(name for name, key in secrets.api_keys(None).items() if key == api_key)
-    refused = f'nas_ai_gateway_responses_total{{client="none",status="401"}}'
+    refused = 'nas_ai_gateway_responses_total{client="none",status="401"}'
     served = f'nas_ai_gateway_responses_total{{client="{client}",status="200"}}'
     before = _samples(monitoring, "gateway", "nas_ai_gateway_")
     for key in ("not-a-key-of-this-gateway", "another-wrong-key-0123456789"):
@@ -97,7 +89,7 @@ def test_gateway_answers_are_counted_by_status_and_client(monitoring, gateway_ur
         after = _samples(monitoring, "gateway", "nas_ai_gateway_")
         return (after.get(refused, 0) - before.get(refused, 0), after.get(served, 0) - before.get(served, 0))
 
-    _until(lambda: counted() != (0, 0), 30, "mtail to read the access log")
+    wait_until(lambda: counted() != (0, 0), 30, "mtail to read the access log", interval=2)
     time.sleep(1)  # and to have read all of it
     assert counted() == (2, 1)
 
@@ -114,13 +106,13 @@ def test_a_stopped_engine_fires_target_down_and_its_return_resolves_it(monitorin
     engine_host.check_output("systemctl stop nas-ai-engine")
     stopped = time.monotonic()
     try:
-        _until(lambda: _active_alerts(monitoring["alertmanager"], alertname="TargetDown", job="engine", node=name),
-               180, f"TargetDown for the engine of {name} in Alertmanager")
+        wait_until(lambda: _active_alerts(monitoring["alertmanager"], alertname="TargetDown", job="engine", node=name),
+                   180, f"TargetDown for the engine of {name} in Alertmanager", interval=2)
         print(f"TargetDown active in Alertmanager {time.monotonic() - stopped:.0f} s after the stop (for: 1m)")
     finally:
         engine_host.check_output("systemctl start nas-ai-engine")
-    _until(lambda: not _active_alerts(monitoring["alertmanager"], alertname="TargetDown", node=name), 180,
-           "TargetDown to resolve")
+    wait_until(lambda: not _active_alerts(monitoring["alertmanager"], alertname="TargetDown", node=name), 180,
+               "TargetDown to resolve", interval=2)
 
 
 def test_every_dashboard_panel_returns_data_after_a_short_load(monitoring, gateway_url, api_key):
@@ -151,9 +143,6 @@ def test_every_dashboard_panel_returns_data_after_a_short_load(monitoring, gatew
                     missing.append(f"{node}: {expr}")
         return missing
 
-    deadline = time.monotonic() + 120
-    missing = empty_panels()
-    while missing and time.monotonic() < deadline:
-        time.sleep(5)
-        missing = empty_panels()
-    assert missing == []
+    # On a timeout, the panels still empty are in the message.
+    wait_until(empty_panels, 120, "every dashboard panel to return data", interval=5,
+               ready=lambda missing: not missing)

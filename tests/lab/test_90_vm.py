@@ -4,28 +4,20 @@ deploys in the background while the container tests run (tests/lab/harness.py, B
 these tests come last and take it from there."""
 
 import os
-import time
 
 import httpx
 import pytest
 
+from lab.waiting import wait_until
 from tests.lab.harness import BACKGROUND_VM, deploy_failure, inventory_hosts, lab_host
 
 pytestmark = [pytest.mark.lab, pytest.mark.vm]
 SLOW_S = 1800  # TCG: a model load and warm-up take minutes
 
 
-def _wait(condition, timeout: float, what: str, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except Exception:  # SSH drops while a host reboots
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+def _wait(condition, timeout: float, what: str):
+    # SSH drops while a host reboots: whatever a probe raises then means "not yet".
+    return wait_until(condition, timeout, what, interval=2.0, retry_on=(Exception,))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The engine's ASGI guard, driven with ASGI messages: what reaches the app and what is refused."""
 
 import asyncio
+import itertools
 import json
 
 from nas_ai_engine import metrics
@@ -185,3 +186,39 @@ def test_the_engines_own_metrics_are_appended():
                                                           receive, send))
     body = sent[1]["body"].decode()
     assert "nas_ai_engine_requests_in_flight" in body and body.endswith("llamacpp:requests_processing 2\n")
+
+
+class SplittingApp:
+    """Streams three tokens with the second event cut in two ASGI messages mid-JSON, and the
+    third cut between its `\\r` and `\\n`, as a proxy relaying the child's reads may."""
+
+    async def __call__(self, scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        events = b"".join(b"data: " + json.dumps({"choices": [{"delta": {"content": token}}]}).encode()
+                          + b"\r\n\r\n" for token in ("Hel", "lo", "!"))
+        second = events.index(b"data:", 1)
+        third = events.index(b"data:", second + 1)
+        cuts = [0, second + 20, third + events[third:].index(b"\r") + 1, len(events)]
+        for start, end in itertools.pairwise(cuts):
+            await send({"type": "http.response.body", "body": events[start:end], "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n"})
+
+
+def test_an_event_split_across_two_body_messages_is_counted_once():
+    labels = {"endpoint": "/v1/chat/completions"}
+    before = (_sample("nas_ai_engine_generated_tokens_total"),
+              _sample("nas_ai_engine_time_to_first_token_seconds_count", labels))
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"messages": [], "stream": true}', "more_body": False}
+
+    async def send(message):
+        pass
+
+    asyncio.run(Guard(SplittingApp(), {})({"type": "http", "method": "POST", "path": "/v1/chat/completions"},
+                                         receive, send))
+    after = (_sample("nas_ai_engine_generated_tokens_total"),
+             _sample("nas_ai_engine_time_to_first_token_seconds_count", labels))
+    assert [a - b for a, b in zip(after, before)] == [3, 1]

@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 import time
-import urllib.request
+
+from nas_ai_engine import readiness
 
 
 def _load(config_path: str) -> dict:
@@ -83,16 +84,8 @@ def wait_ready(config: dict, timeout: float) -> None:
     """Exit 0 once /health answers 200 (the unit becomes active), 1 after `timeout` seconds."""
     host = config["host"]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{config['port']}/health"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"nas_ai_engine: {url} did not answer within {timeout:.0f} s")
+    if not readiness.ready_within(lambda: readiness.answers_200(url), timeout, interval=0.5):
+        sys.exit(f"nas_ai_engine: {url} did not answer within {timeout:.0f} s")
 
 
 def smoke(model_path: str) -> None:

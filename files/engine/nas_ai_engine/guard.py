@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nas_ai_engine import metrics
 from nas_ai_engine.gbnf_check import GrammarError, check
+from nas_ai_engine.sse import DataParser
 
 GUARDED_PATHS = {"/v1/chat/completions", "/v1/completions"}
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -100,6 +101,7 @@ class _ResponseObserver:
         self.endpoint, self.arrival, self.downstream = endpoint, arrival, send
         self.status, self.streaming, self.first_token_seen = "500", False, False
         self.plain_body = []
+        self.events = DataParser()  # an event may be cut across two body messages
         self.timings = None  # llama-server's, in its last chunk
 
     async def send(self, message):
@@ -115,12 +117,9 @@ class _ResponseObserver:
         await self.downstream(message)
 
     def _stream_chunk(self, data: bytes) -> None:
-        for line in data.split(b"\n"):
-            line = line.strip()
-            if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
-                continue
+        for payload in self.events.feed(data):
             try:
-                chunk = json.loads(line[5:])
+                chunk = json.loads(payload)
                 choice = (chunk.get("choices") or [{}])[0]
             except (ValueError, AttributeError):
                 continue

@@ -8,7 +8,7 @@ import asyncio
 import sys
 import time
 
-from nas_ai_engine import metrics, uds_http
+from nas_ai_engine import metrics, readiness, uds_http
 from nas_ai_engine.guard import GUARDED_PATHS
 
 # Hop-by-hop headers and those the ASGI server sets itself.
@@ -137,17 +137,17 @@ async def _spawn(*command: str, env: dict | None = None):
 
 
 async def _until_ready(socket_path: str, child, path: str, api_key: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
+    async def answers() -> bool:
         if child.returncode is not None:
             sys.exit(f"nas_ai_engine: a child exited with {child.returncode} while loading")
         try:
             status, _ = await uds_http.fetch(socket_path, "GET", path, _bearer(api_key), timeout=5.0)
-            if status == 200:
-                return
         except uds_http.UNREACHABLE:
-            pass  # not listening yet, or loading
-        await asyncio.sleep(0.2)
-    sys.exit("nas_ai_engine: the engine did not load its model in time")
+            return False  # not listening yet, or loading
+        return status == 200
+
+    if not await readiness.ready_within_async(answers, deadline - time.monotonic(), interval=0.2):
+        sys.exit("nas_ai_engine: the engine did not load its model in time")
 
 
 async def _front(config: dict, guard_factory, children: list, upstream: "Upstream", extra_metrics=None) -> None:
@@ -238,19 +238,13 @@ def smoke(binary: str, model_path: str, timeout: float = 900) -> None:
                               "--ctx-size", "256", "--threads", "1", "--no-webui"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        def loaded() -> bool:
             if child.poll() is not None:
                 sys.exit(f"nas_ai_engine: llama-server exited with {child.returncode}: {child.stderr.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit("nas_ai_engine: llama-server did not load the model in time")
-            time.sleep(0.2)
+            return readiness.answers_200(f"http://127.0.0.1:{port}/health")
+
+        if not readiness.ready_within(loaded, timeout, interval=0.2):
+            sys.exit("nas_ai_engine: llama-server did not load the model in time")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/completions", headers={"Content-Type": "application/json"},
             data=json.dumps({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}).encode())
