@@ -45,22 +45,25 @@ def _wait_ready(hosts: list[dict]) -> None:
                 print(failed.stderr, end="", file=sys.stderr)
 
 
-def up(backend: str, nodes: int, nice: int = 0) -> None:
+def up(backend: str, nodes: int, nice: int = 0, scenario: str = "default") -> None:
     _require_root()
     if not 1 <= nodes <= config.MAX_NODES:
         sys.exit(f"lab: --nodes must be between 1 and {config.MAX_NODES}")
+    if backend not in config.SCENARIOS[scenario]:
+        sys.exit(f"lab: the {scenario} scenario has no {backend} hosts; it has "
+                 f"{', '.join(config.SCENARIOS[scenario])}")
     image_dir = image.ensure_image()
     current = state.load()
     network.setup(current)
     state.save(current)
     starting = []
     for index in range(1, nodes + 1):
-        name = config.host_name(backend, index)
+        name = config.host_name(backend, index, scenario)
         host = current["hosts"].get(name)
         if host and backends.pid(host):
             continue
-        host = {"name": name, "backend": backend, "address": str(config.host_address(backend, index)),
-                "started_at": time.monotonic()}
+        host = {"name": name, "backend": backend, "scenario": scenario,
+                "address": str(config.host_address(backend, index, scenario)), "started_at": time.monotonic()}
         if current["hosts"].get(name):
             backends.stop(host)
         ssh.forget_host(host["address"])
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     up_parser = commands.add_parser("up", help="start lab hosts (twice is harmless)")
     up_parser.add_argument("--backend", choices=sorted(config.BACKENDS), default="container")
     up_parser.add_argument("--nodes", type=int, default=2)
+    up_parser.add_argument("--scenario", choices=sorted(config.SCENARIOS), default="default",
+                           help="which set of hosts: `alternative` boots alt1.. for inventory/lab_alternative.py")
     up_parser.add_argument("--nice", type=int, default=0, choices=range(20), metavar="0-19",
                            help="CPU priority of the VMs (qemu): 19 runs them on what the "
                                 "rest of the machine leaves idle")
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     ssh_parser.add_argument("remote_command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "up":
-        up(args.backend, args.nodes, args.nice)
+        up(args.backend, args.nodes, args.nice, args.scenario)
     elif args.command == "down":
         down()
     elif args.command == "status":

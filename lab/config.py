@@ -19,6 +19,12 @@ BACKENDS = {
     "container": {"prefix": "nas", "first_octet": 10},
     "vm": {"prefix": "vm", "first_octet": 100},
 }
+# Other sets of hosts beside the default ones: the alternative scenario's containers
+# (inventory/lab_alternative.py) alt1.. at .31..
+SCENARIOS = {
+    "default": BACKENDS,
+    "alternative": {"container": {"prefix": "alt", "first_octet": 30}},
+}
 MAX_NODES = 9
 
 DEPLOY_USER = "deploy"
@@ -40,9 +46,9 @@ SSH_CONFIG = SSH_DIR / "config"  # `ssh -F` it to reach lab hosts by name
 STATE_FILE = HOME / "lab.json"
 
 
-def host_name(backend: str, index: int) -> str:
-    return f"{BACKENDS[backend]['prefix']}{index}"
+def host_name(backend: str, index: int, scenario: str = "default") -> str:
+    return f"{SCENARIOS[scenario][backend]['prefix']}{index}"
 
 
-def host_address(backend: str, index: int) -> ipaddress.IPv4Address:
-    return LAB_NETWORK.network_address + BACKENDS[backend]["first_octet"] + index
+def host_address(backend: str, index: int, scenario: str = "default") -> ipaddress.IPv4Address:
+    return LAB_NETWORK.network_address + SCENARIOS[scenario][backend]["first_octet"] + index

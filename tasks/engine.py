@@ -18,6 +18,7 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, python, server
 
+from lab import atomic
 from tasks.cpu_profile import CpuProfile
 from tasks.plan import Plan
 from tasks.settings import CONTROLLER_CACHE_DIR, ENGINE_PACKAGE, ENGINE_VERSION, DeployError, Settings
@@ -107,11 +108,9 @@ def paths(plan: Plan) -> dict[str, str]:
 
 
 def _fetch(remote: str, target: Path, sudo: bool) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    if not host.get_file(remote, str(partial), _sudo=sudo):
-        raise OperationError(f"download of {remote} from {host.name} failed")
-    partial.rename(target)
+    with atomic.replacing(target) as partial:
+        if not host.get_file(remote, str(partial), _sudo=sudo):
+            raise OperationError(f"download of {remote} from {host.name} failed")
 
 
 def _keep(p: dict, build: str, installed: str, maker: bool, compiled: bool) -> None:

@@ -11,6 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import atomic
 from tasks import gguf
 from tasks.settings import BUNDLED_MODEL, CONTROLLER_CACHE_DIR, DeployError
 
@@ -73,21 +74,19 @@ def _download(url: str, sha256: str) -> Path:
     target = CACHE_DIR / f"{sha256}.gguf"
     if target.exists():
         return target
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
     digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                digest.update(block)
-                out.write(block)
-    except OSError as error:
-        raise DeployError(f"model_source {url}: download failed: {error}") from None
-    if digest.hexdigest() != sha256:
-        partial.unlink()
-        raise DeployError(f"model_source {url}: sha256 is {digest.hexdigest()}, but model_sha256 "
-                          f"pins {sha256}: check the URL or the pinned sum")
-    partial.rename(target)
+    # A failed or wrong download leaves no file that a later deploy could take for the model.
+    with atomic.replacing(target) as partial:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+        except OSError as error:
+            raise DeployError(f"model_source {url}: download failed: {error}") from None
+        if digest.hexdigest() != sha256:
+            raise DeployError(f"model_source {url}: sha256 is {digest.hexdigest()}, but model_sha256 "
+                              f"pins {sha256}: check the URL or the pinned sum")
     return target
 
 

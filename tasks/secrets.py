@@ -7,6 +7,8 @@ import os
 import secrets as token_source
 from pathlib import Path
 
+from lab import atomic
+
 SECRETS_DIR = Path(os.environ.get("NAS_AI_SECRETS_DIR", Path.home() / ".config" / "nas-ai"))
 API_KEYS_FILE = SECRETS_DIR / "api-keys.json"
 BACKEND_KEY_FILE = SECRETS_DIR / "backend-key"
@@ -15,10 +17,9 @@ GRAFANA_PASSWORD_FILE = SECRETS_DIR / "grafana-admin-password"
 
 def _private_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_suffix(".partial")
-    partial.touch(mode=0o600)
-    partial.write_text(text)
-    partial.rename(path)
+    with atomic.replacing(path) as partial:
+        partial.touch(mode=0o600)  # private before the secret is in it
+        partial.write_text(text)
 
 
 def api_keys(from_data: dict | None) -> dict[str, str]:

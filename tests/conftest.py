@@ -39,5 +39,5 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("=", "deploys (pyinfra runs) and VM boots, in the order they ended")
         for run in DEPLOY_TIMES:
             outcome = "ok" if run["rc"] == 0 else f"exit {run['rc']}"
-            write(f"{_minutes(run['seconds']):>10}  {outcome:<7} {run['inventory']:<22} "
+            write(f"{_minutes(run['seconds']):>10}  {outcome:<7} {run['inventory']:<28} "
                   f"{' '.join(run['args']):<40} {run['who']}")

@@ -7,8 +7,8 @@ kept there (the background VM, the deploy times) would exist twice.
 
 import os
 import re
-import shlex
 import runpy
+import shlex
 import subprocess
 import sys
 import threading

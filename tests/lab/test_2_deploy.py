@@ -3,9 +3,7 @@ refused before any host is touched."""
 
 import hashlib
 import json
-import ssl
 
-import httpx
 import pytest
 
 from tasks.settings import BUNDLED_MODEL
@@ -37,6 +35,7 @@ def test_second_deploy_reports_no_changes(deployment):
 @pytest.mark.parametrize("data, message", [
     (["--data", "engine_thread=2"], "unknown data key `engine_thread`; did you mean `engine_threads`?"),
     (["--data", "engine_port=eighty"], "data key `engine_port` must be int, got str 'eighty'"),
+    (["--data", "engine_server=vllm"], "data key `engine_server` is 'vllm'; it must be one of 'llama-server', 'llama-cpp-python'"),
     (["--data", "model_source=/etc/hostname"], "model_sha256 is required for model_source `/etc/hostname`"),
     (["--data", "service_memory_max=536870912"], "the model does not fit: model 94 MiB + KV cache 45 MiB"),
     (["--data", "engine_cpu_profile_cap=x86-64-v2"], "this x86_64 CPU has no AVX2"),
@@ -65,20 +64,3 @@ def test_a_gateway_change_reloads_nginx_and_leaves_the_engines_alone(deployment)
         deployed("inventory/lab.py")
     assert [h.check_output("systemctl show -p MainPID --value nas-ai-engine") for h in engines] == main_pids
     assert gateway.check_output("systemctl show -p MainPID --value nginx") == nginx_pid  # reloaded, not restarted
-
-
-def test_tls_with_a_generated_certificate(deployment, api_key, tmp_path):
-    name, data = deployment["groups"]["gateway"][0]
-    gateway = lab_host(name)
-    try:
-        deployed("inventory/lab.py", "--data", "gateway_tls=self-signed")
-        certificate = tmp_path / "gateway.crt"
-        certificate.write_text(gateway.check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
-        assert gateway.file("/etc/nginx/nas-ai/self-signed.key").mode == 0o600
-        response = httpx.get(f"https://{data['ssh_hostname']}/v1/models", verify=ssl.create_default_context(cafile=str(certificate)),
-                             headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
-        assert response.status_code == 200
-        assert response.json()["data"][0]["id"] == "smollm2-135m-instruct"
-    finally:
-        deployed("inventory/lab.py")
-    assert gateway.run(f"python3 -c \"import socket; socket.create_connection(('{data['ssh_hostname']}', 443), 3)\"").rc != 0

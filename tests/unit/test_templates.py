@@ -42,7 +42,7 @@ def test_gateway_config_passes_nginx_t(tmp_path):
     assert "limit_conn nas_ai_conn_1 2;" in site and "nas_ai_rate_2" not in site
     assert "proxy_buffering off;" in site and "server_tokens off;" in site
     assert "non_idempotent" not in site
-    assert '"alice" 6;' in site  # Retry-After: one request's worth of the 10/minute rate
+    assert '"\\alice" 6;' in site  # Retry-After: one request's worth of the 10/minute rate
 
 
 @needs_nginx
@@ -82,6 +82,7 @@ def test_bad_api_keys_are_refused(keys, message):
 @needs_nginx
 def test_each_client_gets_its_own_limits(tmp_path):
     site = _site(tmp_path, api_keys={
+        "default": "sk-default-0123456789abcdef",  # the generated key's name, a keyword of nginx's map
         "alice": "sk-alice-0123456789abcdef",
         "bob": {"key": "sk-bob-0123456789abcdefg", "rate_per_minute": 2, "rate_burst": 0},
         "carol": {"key": "sk-carol-0123456789abcdef", "concurrent": 1}})
@@ -89,11 +90,12 @@ def test_each_client_gets_its_own_limits(tmp_path):
     assert result.returncode == 0, result.stderr
     # Three sets of limits, each its own zones, each client in one of them.
     assert "rate=2r/m" in site and site.count("rate=10r/m") == 2
+    assert '"\\default" "default";' in site
     assert site.count("limit_req zone=nas_ai_rate_") == 3 and site.count("limit_conn nas_ai_conn_") == 3
     # Sorted by rate, burst, concurrency: bob (2/min, no burst), carol (1 at once), alice.
     assert "limit_req zone=nas_ai_rate_1;" in site  # nginx refuses burst=0: no burst is written
     assert "limit_conn nas_ai_conn_2 1;" in site and "limit_conn nas_ai_conn_3 2;" in site
-    assert '"bob" 30;' in site and '"alice" 6;' in site
+    assert '"\\bob" 30;' in site and '"\\alice" 6;' in site
 
 
 @pytest.mark.parametrize("entry, message", [

@@ -1,0 +1,129 @@
+"""The alternative scenario (inventory/lab_alternative.py) deployed from scratch on two fresh
+containers: the second host is the gateway and the monitoring host, each host runs a different
+engine, the model store, ports and config directory are not the defaults, TLS is on and three
+clients have limits of their own. Every value the checks expect is read from that inventory."""
+
+import json
+import ssl
+import threading
+
+import httpx
+import pytest
+
+from lab.waiting import wait_until
+from tasks.settings import BUNDLED_MODEL, resolve
+from tests.lab.harness import changed_operations, http_from, lab_host
+
+pytestmark = pytest.mark.lab
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def stack(alternative):
+    """The deployed alternative scenario (conftest), with what these tests read from it."""
+    groups = alternative["groups"]
+    (gateway_name, gateway_data), = groups["gateway"]
+    return {**alternative, "settings": {name: resolve(name, data) for name, data in groups["inference"]},
+            "gateway": gateway_name, "gateway_address": gateway_data["ssh_hostname"],
+            "keys": {name: entry["key"] for name, entry in gateway_data["gateway_api_keys"].items()}}
+
+
+@pytest.fixture(scope="module")
+def https(stack, tmp_path_factory):
+    """A client of the gateway's TLS port that trusts the certificate the deploy generated."""
+    certificate = tmp_path_factory.mktemp("tls") / "gateway.crt"
+    certificate.write_text(lab_host(stack["gateway"]).check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
+    port = stack["settings"][stack["gateway"]].gateway_tls_port
+    return httpx.Client(base_url=f"https://{stack['gateway_address']}:{port}/v1", timeout=120,
+                        verify=ssl.create_default_context(cafile=str(certificate)))
+
+
+def _chat(https, key: str, **extra) -> httpx.Response:
+    return https.post("/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}],
+                            **extra})
+
+
+def test_second_deploy_reports_no_changes(stack):
+    output = stack["second"].stdout + stack["second"].stderr
+    assert changed_operations(output) == 0, output[-4000:]
+
+
+def test_each_engine_serves_its_own_server_from_the_moved_store(stack):
+    for name, settings in stack["settings"].items():
+        host = lab_host(name)
+        config = json.loads(host.check_output(f"cat {settings.system_config_dir}/engine.json"))
+        assert (config["server"], config["port"]) == (settings.engine_server, settings.engine_port)
+        assert config["model"]["path"] == f"{settings.model_store_dir}/{MODEL}/current"
+        assert host.file(config["model"]["path"]).linked_to == \
+            f"{settings.model_store_dir}/{MODEL}/{BUNDLED_MODEL['sha256']}.gguf"
+        status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
+        assert status == 200, body
+        assert (json.loads(body)["server"], json.loads(body)["sha256"]) == (settings.engine_server, BUNDLED_MODEL["sha256"])
+        processes = host.check_output("ps -u nas-ai -o args=").splitlines()
+        if settings.engine_server == "llama-cpp-python":
+            assert sum("nas_ai_engine worker" in p for p in processes) == settings.engine_workers, processes
+        else:
+            assert sum("llama-server" in p for p in processes) == 1, processes
+
+
+def test_chat_over_tls_reaches_both_engines(stack, https):
+    for _ in range(4):
+        response = _chat(https, stack["keys"]["alice"])
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"].strip()
+    # The gateway's access log names the engine (upstream) of each answer, and the client.
+    log = lab_host(stack["gateway"]).check_output("cat /var/log/nginx/nas-ai.access.log")
+    upstreams = {entry["upstream"] for entry in map(json.loads, log.splitlines())
+                 if entry["client"] == "alice" and entry["status"] == 200}
+    assert len(upstreams) == len(stack["settings"]), upstreams
+
+
+def test_a_client_with_its_own_rate_gets_429_while_the_others_go_on(stack, https):
+    """bob: 2 requests a minute, no burst. His second request at once is refused with the
+    Retry-After of his own rate; alice, on the gateway's rate, is served."""
+    assert _chat(https, stack["keys"]["bob"]).status_code == 200
+    refused = _chat(https, stack["keys"]["bob"])
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "30"
+    assert _chat(https, stack["keys"]["alice"]).status_code == 200
+
+
+def test_a_client_with_one_request_at_a_time_gets_429_for_a_second(stack, https):
+    """carol: one request in flight. While her streamed answer is open, a second one is refused."""
+    streaming, done = threading.Event(), threading.Event()
+
+    def long_answer():
+        with https.stream("POST", "/chat/completions", headers={"Authorization": f"Bearer {stack['keys']['carol']}"},
+                          json={"model": MODEL, "max_tokens": 200, "stream": True,
+                                "messages": [{"role": "user", "content": "Tell a long story."}]}) as response:
+            for _ in response.iter_lines():
+                streaming.set()
+                if done.is_set():
+                    break
+    reader = threading.Thread(target=long_answer)
+    reader.start()
+    try:
+        assert streaming.wait(120), "the first streamed answer never started"
+        second = _chat(https, stack["keys"]["carol"])
+        assert second.status_code == 429, second.text
+        assert _chat(https, stack["keys"]["alice"]).status_code == 200
+    finally:
+        done.set()
+        reader.join(timeout=180)
+
+
+def test_prometheus_on_the_second_host_scrapes_every_target(stack):
+    gateway = lab_host(stack["gateway"])
+
+    def targets():
+        status, body = http_from(gateway, "http://127.0.0.1:9090/api/v1/targets")
+        assert status == 200, body
+        return {(t["labels"]["job"], t["labels"].get("node")): t["health"] for t in json.loads(body)["data"]["activeTargets"]}
+
+    hosts = set(stack["settings"])
+    expected = {("node", h) for h in hosts} | {("engine", h) for h in hosts} | \
+        {("nginx", stack["gateway"]), ("gateway", stack["gateway"])}
+    found = wait_until(targets, 90, "every target of the alternative scenario up", interval=5,
+                       ready=lambda t: set(t.values()) == {"up"} and expected <= set(t))
+    assert expected <= set(found)
