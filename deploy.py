@@ -1,8 +1,7 @@
 """The NAS AI assistant, deployed in the order it runs on each host:
 `pyinfra inventory/<yours>.py deploy.py`."""
 
-from tasks import (engine, firewall, gateway, grafana, model_store, monitoring, preflight, service,
-                   system)
+from tasks import engine, firewall, gateway, grafana, model_store, monitoring, preflight, service, system
 
 plan = preflight.check()           # facts, data and each task's checks, before any change
 system.configure(plan)             # sysctl, system user, directories

@@ -5,7 +5,7 @@ the first runs llama-cpp-python with two workers, the second llama-server; the m
 ports and the API keys (three clients, two with limits of their own) are not the defaults; TLS
 is on."""
 
-from inventory.lab import LAB_DATA
+from inventory.lab_data import LAB_DATA
 from inventory.lab_hosts import lab_api_keys, lab_hosts
 
 ALTERNATIVE_DATA = {

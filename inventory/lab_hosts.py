@@ -3,7 +3,8 @@
 import json
 import secrets
 
-from lab import atomic, config
+from lab import config
+from tasks import atomic
 
 
 def lab_hosts(backend: str, scenario: str = "default", **data) -> list:

@@ -53,41 +53,43 @@ def up(backend: str, nodes: int, nice: int = 0, scenario: str = "default") -> No
         sys.exit(f"lab: the {scenario} scenario has no {backend} hosts; it has "
                  f"{', '.join(config.SCENARIOS[scenario])}")
     image_dir = image.ensure_image()
-    current = state.load()
-    network.setup(current)
-    state.save(current)
+    with state.editing() as current:
+        network.setup(current)
     starting = []
     for index in range(1, nodes + 1):
         name = config.host_name(backend, index, scenario)
-        host = current["hosts"].get(name)
-        if host and backends.pid(host):
-            continue
-        host = {"name": name, "backend": backend, "scenario": scenario,
-                "address": str(config.host_address(backend, index, scenario)), "started_at": time.monotonic()}
-        if current["hosts"].get(name):
-            backends.stop(host)
-        ssh.forget_host(host["address"])
-        backends.start(host, image_dir, nice)
-        current["hosts"][name] = host
-        state.save(current)
+        # The state is read again for each host and saved at once: another `lab up` may be booting.
+        with state.editing() as current:
+            host = current["hosts"].get(name)
+            if host and backends.pid(host):
+                continue
+            host = {"name": name, "backend": backend, "scenario": scenario,
+                    "address": str(config.host_address(backend, index, scenario)), "started_at": time.monotonic()}
+            if current["hosts"].get(name):
+                backends.stop(host)
+            ssh.forget_host(host["address"])
+            backends.start(host, image_dir, nice)
+            current["hosts"][name] = host
         starting.append(host)
     _wait_ready(starting)
-    for host in starting:
-        host.pop("started_at")
-    state.save(current)
-    ssh.write_config(list(current["hosts"].values()))
+    with state.editing() as current:
+        for host in starting:
+            host.pop("started_at")
+            current["hosts"][host["name"]] = host
+        ssh.write_config(list(current["hosts"].values()))
     status()
 
 
 def down() -> None:
     _require_root()
-    current = state.load()
-    for host in current["hosts"].values():
-        backends.stop(host)
-        ssh.forget_host(host["address"])
-    network.teardown(current)
-    config.STATE_FILE.unlink(missing_ok=True)
-    config.SSH_CONFIG.unlink(missing_ok=True)
+    with state.locked():
+        current = state.load()
+        for host in current["hosts"].values():
+            backends.stop(host)
+            ssh.forget_host(host["address"])
+        network.teardown(current)
+        config.STATE_FILE.unlink(missing_ok=True)
+        config.SSH_CONFIG.unlink(missing_ok=True)
     left = leftovers()
     if left:
         sys.exit("lab: down left these behind: " + "; ".join(left))

@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from lab import atomic, config
+from lab import config
 from lab.ssh import ensure_key
+from tasks import atomic
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"

@@ -5,7 +5,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from lab import atomic, config
+from lab import config
+from tasks import atomic
 
 
 class RemoteCommandError(Exception):

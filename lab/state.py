@@ -1,10 +1,14 @@
 """What the lab started, kept in one JSON file that `down`, `status` and the inventories read."""
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from lab import atomic, config
+from lab import config
+from tasks import atomic
 
 
 def load() -> dict:
@@ -15,6 +19,25 @@ def load() -> dict:
 
 def save(state: dict) -> None:
     atomic.write_text(config.STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
+
+
+@contextmanager
+def locked() -> Iterator[None]:
+    """One writer of the state at a time: two `lab up` at once (the VM's in the background, the
+    alternative scenario's in the foreground) would otherwise each save without the other's hosts."""
+    config.HOME.mkdir(parents=True, exist_ok=True)
+    with open(config.HOME / "lab.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def editing() -> Iterator[dict]:
+    """The state as it is now, saved when the block ends, under the lock."""
+    with locked():
+        current = load()
+        yield current
+        save(current)
 
 
 def pid_alive(pid_file: str | Path) -> int | None:

@@ -18,7 +18,7 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, python, server
 
-from lab import atomic
+from tasks import atomic
 from tasks.cpu_profile import CpuProfile
 from tasks.plan import Plan
 from tasks.settings import CONTROLLER_CACHE_DIR, ENGINE_PACKAGE, ENGINE_VERSION, DeployError, Settings
@@ -82,11 +82,11 @@ def can_install_without_compiling(profile: CpuProfile) -> bool:
         or maker_in_this_run(profile) is not None
 
 
-def check(host_name: str, settings: Settings, profile: CpuProfile) -> None:
+def check(settings: Settings, profile: CpuProfile) -> None:
     """Preflight: a host that may not compile needs an engine it can install without compiling."""
     if not settings.engine_build_on_host and not can_install_without_compiling(profile):
         raise DeployError(
-            f"{host_name}: no engine for CPU profile {profile.name} on this controller, installed or "
+            f"no engine for CPU profile {profile.name} on this controller, installed or "
             "compiled, and engine_build_on_host is False: deploy first to a host of that profile, "
             "or set engine_build_on_host = True (compiling takes minutes)")
 

@@ -60,6 +60,10 @@ def clients(api_keys: dict, settings) -> list[Client]:
             problem = check_value(setting, limits[limit])
             if problem:
                 raise DeployError(f"gateway_api_keys[{name!r}][{limit!r}] {problem} (as {setting})")
+        # nginx's maps ignore case: `Bob` and `bob` would be one client.
+        if any(other.name.lower() == name.lower() for other in found):
+            raise DeployError(f"gateway_api_keys: client names {name!r} and another differ in case alone: "
+                              "rename one")
         found.append(Client(name, key, **limits))
     if not found:
         raise DeployError("gateway_api_keys is empty: give at least one {name: key}")
@@ -83,12 +87,13 @@ def limit_classes(clients: list[Client]) -> list[dict]:
 
 
 def site_config(settings, clients: list[Client], upstreams: list[str], backend_key: str, tls: dict | None,
-                keys_file: str = KEYS_FILE) -> str:
+                keys_file: str = KEYS_FILE, access_log: str = ACCESS_LOG,
+                stub_status_address: str = STUB_STATUS_ADDRESS) -> str:
     return render(
         "gateway/nas-ai.conf.j2", keys_file=keys_file, upstreams=upstreams, backend_key=backend_key,
         port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
         max_body=settings.gateway_max_body, limits=limit_classes(clients),
-        read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=STUB_STATUS_ADDRESS, access_log=ACCESS_LOG)
+        read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=stub_status_address, access_log=access_log)
 
 
 def upstreams(plan: Plan) -> list[str]:

@@ -11,8 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import atomic
-from tasks import gguf
+from tasks import atomic, gguf
 from tasks.settings import BUNDLED_MODEL, CONTROLLER_CACHE_DIR, DeployError
 
 CACHE_DIR = CONTROLLER_CACHE_DIR / "models"

@@ -72,12 +72,15 @@ def check() -> Plan:
     roles = {"inference": topology.is_inference(), "gateway": topology.is_gateway(),
              "monitoring": topology.is_monitoring()}
     # Each task's own checks of its data, before any task declares an operation.
-    if roles["inference"]:
-        engine.check(host.name, settings, profile)
-    if roles["gateway"]:
-        gateway.check(settings)
-    if roles["monitoring"]:
-        grafana.check(settings)
+    try:
+        if roles["inference"]:
+            engine.check(settings, profile)
+        if roles["gateway"]:
+            gateway.check(settings)
+        if roles["monitoring"]:
+            grafana.check(settings)
+    except DeployError as error:
+        raise DeployError(f"{host.name}: {error}") from None
     return Plan(host=host.name, **roles, settings=settings, facts=facts, profile=profile, limits=limits,
                 budget=fits, model=model, model_path=model_path, bind_address=topology.engine_bind_address(),
                 parallel=parallel)

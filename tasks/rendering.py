@@ -29,10 +29,6 @@ class Unchanged:
     """Stands for an operation that was not needed: the live file already holds the text."""
     will_change = False
 
-    @staticmethod
-    def did_change() -> bool:
-        return False
-
 
 def install_checked(name: str, text: str, dest: str, check: str, mode: str = "0644"):
     """Put `text` at `dest` only once `check` passes. A check that takes the file's path (`{path}`:

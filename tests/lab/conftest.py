@@ -7,9 +7,7 @@ import pytest
 
 from tasks import secrets
 from tasks.settings import Settings, resolve
-from tests.lab.harness import BACKGROUND_VM, deployed, inventory_hosts, lab
-
-ALTERNATIVE_INVENTORY = "inventory/lab_alternative.py"
+from tests.lab.harness import ALTERNATIVE_INVENTORY, BACKGROUND_VM, deployed, inventory_hosts, lab
 
 
 def pytest_sessionfinish(session):

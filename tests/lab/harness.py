@@ -19,6 +19,7 @@ from lab import config as lab_config
 from tests.timing import DEPLOY_TIMES
 
 ROOT = Path(__file__).resolve().parents[2]
+ALTERNATIVE_INVENTORY = "inventory/lab_alternative.py"
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 
 def _run(command: list[str], timeout: float, started=None) -> subprocess.CompletedProcess:

@@ -36,7 +36,7 @@ def test_services_active_and_enabled(node, scenario):
         assert host.service(unit).is_running == (name in scenario.monitoring), (name, unit)
 
 
-def test_engine_listens_only_where_its_callers_reach_it(node, scenario):
+def test_engine_and_gateway_listen_only_where_they_should(node, scenario):
     name, host, settings = node
     port = settings.engine_port
     # Loopback when the host's own gateway and Prometheus are its only callers.
@@ -46,6 +46,9 @@ def test_engine_listens_only_where_its_callers_reach_it(node, scenario):
     assert expected in listening and f"0.0.0.0:{port}" not in listening and f"*:{port}" not in listening
     gateway_sockets = host.check_output(f"ss -Htln 'sport = :{settings.gateway_port}'")
     assert (f"0.0.0.0:{settings.gateway_port}" in gateway_sockets) == (name in scenario.gateways)
+    tls_sockets = host.check_output(f"ss -Htln 'sport = :{settings.gateway_tls_port}'")
+    tls_on = name in scenario.gateways and settings.gateway_tls is not None
+    assert (f"0.0.0.0:{settings.gateway_tls_port}" in tls_sockets) == tls_on, tls_sockets
 
 
 def test_slice_limits_and_unit_properties(node):

@@ -12,10 +12,9 @@ import pytest
 
 from lab.waiting import wait_until
 from tasks.settings import BUNDLED_MODEL, resolve
-from tests.lab.harness import changed_operations, http_from, lab_host
+from tests.lab.harness import ALTERNATIVE_INVENTORY, changed_operations, deployed, http_from, lab_host
 
 pytestmark = pytest.mark.lab
-MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +24,7 @@ def stack(alternative):
     (gateway_name, gateway_data), = groups["gateway"]
     return {**alternative, "settings": {name: resolve(name, data) for name, data in groups["inference"]},
             "gateway": gateway_name, "gateway_address": gateway_data["ssh_hostname"],
+            "model": resolve(gateway_name, gateway_data).model_name,
             "keys": {name: entry["key"] for name, entry in gateway_data["gateway_api_keys"].items()}}
 
 
@@ -32,15 +32,17 @@ def stack(alternative):
 def https(stack, tmp_path_factory):
     """A client of the gateway's TLS port that trusts the certificate the deploy generated."""
     certificate = tmp_path_factory.mktemp("tls") / "gateway.crt"
-    certificate.write_text(lab_host(stack["gateway"]).check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
+    gateway = lab_host(stack["gateway"])
+    assert gateway.file("/etc/nginx/nas-ai/self-signed.key").mode == 0o600
+    certificate.write_text(gateway.check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
     port = stack["settings"][stack["gateway"]].gateway_tls_port
     return httpx.Client(base_url=f"https://{stack['gateway_address']}:{port}/v1", timeout=120,
                         verify=ssl.create_default_context(cafile=str(certificate)))
 
 
-def _chat(https, key: str, **extra) -> httpx.Response:
+def _chat(https, key: str, model: str, **extra) -> httpx.Response:
     return https.post("/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}],
+                      json={"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}],
                             **extra})
 
 
@@ -54,13 +56,13 @@ def test_each_engine_serves_its_own_server_from_the_moved_store(stack):
         host = lab_host(name)
         config = json.loads(host.check_output(f"cat {settings.system_config_dir}/engine.json"))
         assert (config["server"], config["port"]) == (settings.engine_server, settings.engine_port)
-        assert config["model"]["path"] == f"{settings.model_store_dir}/{MODEL}/current"
+        assert config["model"]["path"] == f"{settings.model_store_dir}/{settings.model_name}/current"
         assert host.file(config["model"]["path"]).linked_to == \
-            f"{settings.model_store_dir}/{MODEL}/{BUNDLED_MODEL['sha256']}.gguf"
+            f"{settings.model_store_dir}/{settings.model_name}/{BUNDLED_MODEL['sha256']}.gguf"
         status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
         assert status == 200, body
         assert (json.loads(body)["server"], json.loads(body)["sha256"]) == (settings.engine_server, BUNDLED_MODEL["sha256"])
-        processes = host.check_output("ps -u nas-ai -o args=").splitlines()
+        processes = host.check_output(f"ps -u {settings.system_user} -o args=").splitlines()
         if settings.engine_server == "llama-cpp-python":
             assert sum("nas_ai_engine worker" in p for p in processes) == settings.engine_workers, processes
         else:
@@ -69,7 +71,7 @@ def test_each_engine_serves_its_own_server_from_the_moved_store(stack):
 
 def test_chat_over_tls_reaches_both_engines(stack, https):
     for _ in range(4):
-        response = _chat(https, stack["keys"]["alice"])
+        response = _chat(https, stack["keys"]["alice"], stack["model"])
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"].strip()
     # The gateway's access log names the engine (upstream) of each answer, and the client.
@@ -82,35 +84,42 @@ def test_chat_over_tls_reaches_both_engines(stack, https):
 def test_a_client_with_its_own_rate_gets_429_while_the_others_go_on(stack, https):
     """bob: 2 requests a minute, no burst. His second request at once is refused with the
     Retry-After of his own rate; alice, on the gateway's rate, is served."""
-    assert _chat(https, stack["keys"]["bob"]).status_code == 200
-    refused = _chat(https, stack["keys"]["bob"])
+    assert _chat(https, stack["keys"]["bob"], stack["model"]).status_code == 200
+    refused = _chat(https, stack["keys"]["bob"], stack["model"])
     assert refused.status_code == 429, refused.text
     assert refused.headers["retry-after"] == "30"
-    assert _chat(https, stack["keys"]["alice"]).status_code == 200
+    assert _chat(https, stack["keys"]["alice"], stack["model"]).status_code == 200
 
 
 def test_a_client_with_one_request_at_a_time_gets_429_for_a_second(stack, https):
-    """carol: one request in flight. While her streamed answer is open, a second one is refused."""
-    streaming, done = threading.Event(), threading.Event()
+    """carol: one request in flight. While her first streamed answer is held open (read no
+    further than its first line), a second one is refused; alice is served meanwhile."""
+    streaming, done, outcome = threading.Event(), threading.Event(), {}
 
-    def long_answer():
-        with https.stream("POST", "/chat/completions", headers={"Authorization": f"Bearer {stack['keys']['carol']}"},
-                          json={"model": MODEL, "max_tokens": 200, "stream": True,
-                                "messages": [{"role": "user", "content": "Tell a long story."}]}) as response:
-            for _ in response.iter_lines():
+    def first_request():
+        try:
+            with https.stream("POST", "/chat/completions", headers={"Authorization": f"Bearer {stack['keys']['carol']}"},
+                              json={"model": stack["model"], "max_tokens": 200, "stream": True,
+                                    "messages": [{"role": "user", "content": "Tell a long story."}]}) as response:
+                outcome["status"] = response.status_code
+                next(response.iter_lines())
                 streaming.set()
-                if done.is_set():
-                    break
-    reader = threading.Thread(target=long_answer)
-    reader.start()
+                done.wait(120)  # the connection stays open, so nginx still counts the request
+        except Exception as error:  # reported by the test, not lost in the thread
+            outcome["error"] = error
+            streaming.set()
+
+    holder = threading.Thread(target=first_request)
+    holder.start()
     try:
         assert streaming.wait(120), "the first streamed answer never started"
-        second = _chat(https, stack["keys"]["carol"])
+        assert outcome.get("status") == 200, outcome
+        second = _chat(https, stack["keys"]["carol"], stack["model"])
         assert second.status_code == 429, second.text
-        assert _chat(https, stack["keys"]["alice"]).status_code == 200
+        assert _chat(https, stack["keys"]["alice"], stack["model"]).status_code == 200
     finally:
         done.set()
-        reader.join(timeout=180)
+        holder.join(timeout=180)
 
 
 def test_prometheus_on_the_second_host_scrapes_every_target(stack):
@@ -127,3 +136,21 @@ def test_prometheus_on_the_second_host_scrapes_every_target(stack):
     found = wait_until(targets, 90, "every target of the alternative scenario up", interval=5,
                        ready=lambda t: set(t.values()) == {"up"} and expected <= set(t))
     assert expected <= set(found)
+
+
+def test_switching_the_engine_leaves_nothing_of_the_previous_one(stack, https):
+    """Day 2 on the second host: from llama-server to llama-cpp-python in one process (its
+    `serve` mode), that host alone. Last of the module: it changes the scenario."""
+    name = stack["gateway"]
+    settings = stack["settings"][name]
+    assert settings.engine_server == "llama-server"
+    deployed(ALTERNATIVE_INVENTORY, "--limit", name, "--data", "engine_server=llama-cpp-python",
+             "--data", "engine_workers=1")
+    host = lab_host(name)
+    config = json.loads(host.check_output(f"cat {settings.system_config_dir}/engine.json"))
+    status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
+    assert (status, json.loads(body)["server"]) == (200, "llama-cpp-python"), body
+    processes = host.check_output(f"ps -u {settings.system_user} -o args=").splitlines()
+    assert len(processes) == 1 and "nas_ai_engine serve" in processes[0], processes
+    for _ in range(2):  # the gateway's least_conn reaches both engines
+        assert _chat(https, stack["keys"]["alice"], stack["model"]).status_code == 200

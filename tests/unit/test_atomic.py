@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab import atomic
+from tasks import atomic
 
 
 def test_text_replaces_the_file_and_leaves_no_partial(tmp_path):

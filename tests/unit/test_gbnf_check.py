@@ -1,7 +1,6 @@
 import re
 
 import pytest
-
 from nas_ai_engine.gbnf_check import GrammarError, check
 
 VALID = [

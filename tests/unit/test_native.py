@@ -4,7 +4,6 @@ import asyncio
 import time
 
 import pytest
-
 from nas_ai_engine import native, uds_http
 
 CONFIG = {

@@ -21,7 +21,6 @@ def _plan(**data) -> Plan:
 
 
 def test_the_engine_config_follows_the_plan(tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks.secrets.SECRETS_DIR", tmp_path)
     monkeypatch.setattr("tasks.secrets.BACKEND_KEY_FILE", tmp_path / "backend-key")
     config = service.engine_config(_plan(engine_server="llama-cpp-python", model_store_dir="/srv/models",
                                          system_install_dir="/opt/ai"))

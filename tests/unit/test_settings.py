@@ -55,6 +55,7 @@ def test_every_setting_is_documented():
     ("monitoring_retention_time", "30 days", "a Prometheus duration"),
     ("monitoring_retention_size", "2G", "a Prometheus size"),
     ("model_store_dir", "data/models", "an absolute path"),
+    ("model_store_dir", "/srv/my models", "an absolute path"),
     ("model_name", "Bad Name", "lower-case letters"),
     ("model_sha256", "abc", "a sha256"),
     ("monitoring_alert_webhook", "ntfy.sh/topic", "an http:// or https:// URL"),
@@ -67,6 +68,8 @@ def test_a_value_outside_its_spec_names_the_key_and_what_is_allowed(key, value, 
 @pytest.mark.parametrize("key, value", [
     ("engine_server", "llama-cpp-python"), ("engine_cpu_profile_cap", None), ("engine_port", 65535),
     ("gateway_max_body", "512k"), ("monitoring_retention_time", "1h30m"), ("monitoring_retention_size", "500MB"),
+    ("monitoring_retention_time", "0"), ("monitoring_retention_size", "0"), ("monitoring_retention_size", "512MiB"),
+    ("monitoring_retention_size", "1.5GB"), ("model_store_dir", "/volume1/@appstore/nas-ai"),
     ("monitoring_ttft_p99_slo_s", 3), ("model_sha256", "0" * 64), ("monitoring_alert_webhook", "https://ntfy.sh/x"),
 ])
 def test_values_inside_their_spec_pass(key, value):

@@ -1,10 +1,14 @@
 """Every template renders, and what it renders passes its daemon's own check."""
 
 import shutil
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 
+from lab.waiting import wait_until
 from tasks import firewall, gateway
 from tasks.rendering import render
 from tasks.settings import DeployError, resolve
@@ -42,7 +46,7 @@ def test_gateway_config_passes_nginx_t(tmp_path):
     assert "limit_conn nas_ai_conn_1 2;" in site and "nas_ai_rate_2" not in site
     assert "proxy_buffering off;" in site and "server_tokens off;" in site
     assert "non_idempotent" not in site
-    assert '"\\alice" 6;' in site  # Retry-After: one request's worth of the 10/minute rate
+    assert '"\\\\alice" 6;' in site  # Retry-After: one request's worth of the 10/minute rate
 
 
 @needs_nginx
@@ -90,12 +94,12 @@ def test_each_client_gets_its_own_limits(tmp_path):
     assert result.returncode == 0, result.stderr
     # Three sets of limits, each its own zones, each client in one of them.
     assert "rate=2r/m" in site and site.count("rate=10r/m") == 2
-    assert '"\\default" "default";' in site
+    assert '"\\\\default" "default";' in site
     assert site.count("limit_req zone=nas_ai_rate_") == 3 and site.count("limit_conn nas_ai_conn_") == 3
     # Sorted by rate, burst, concurrency: bob (2/min, no burst), carol (1 at once), alice.
     assert "limit_req zone=nas_ai_rate_1;" in site  # nginx refuses burst=0: no burst is written
     assert "limit_conn nas_ai_conn_2 1;" in site and "limit_conn nas_ai_conn_3 2;" in site
-    assert '"\\bob" 30;' in site and '"\\alice" 6;' in site
+    assert '"\\\\bob" 30;' in site and '"\\\\alice" 6;' in site
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -157,3 +161,57 @@ def test_slice_carries_the_limits():
     text = render("service/nasai.slice.j2", memory_high=5798205849, memory_max=6442450944,
                   cpu_quota_percent=350)
     assert "MemoryMax=6442450944" in text and "CPUQuota=350%" in text
+
+
+def test_client_names_that_differ_in_case_alone_are_refused():
+    with pytest.raises(DeployError, match="differ in case alone"):
+        gateway.clients({"bob": "sk-bob-0123456789abcdefg", "Bob": "sk-Bob-0123456789abcdefg"}, resolve("nas1", {}))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@needs_nginx
+def test_a_running_nginx_limits_each_client_by_its_own_zone(tmp_path):
+    """The real nginx, with no engine behind it: a limited request is 429 before it is proxied, an
+    allowed one 503. Names that nginx could misread (`default`, a keyword of its maps; `n8n`,
+    whose escaped form starts with \\n) are limited like any other."""
+    port = _free_port()
+    slow = {"rate_per_minute": 2, "rate_burst": 0}
+    keys = {"default": {"key": "sk-default-0123456789abcdef", **slow}, "n8n": {"key": "sk-n8n-0123456789abcdef", **slow},
+            "alice": "sk-alice-0123456789abcdef"}
+    settings = resolve("nas1", {"gateway_port": port})
+    clients = gateway.clients(keys, settings)
+    (tmp_path / "keys.map").write_text(gateway.keys_map(clients))
+    (tmp_path / "site.conf").write_text(gateway.site_config(
+        settings, clients, [f"127.0.0.1:{_free_port()}"], "backend-key", None, keys_file=str(tmp_path / "keys.map"),
+        access_log=str(tmp_path / "access.log"), stub_status_address=f"127.0.0.1:{_free_port()}"))
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  client_body_temp_path {tmp_path}/body;\n  proxy_temp_path {tmp_path}/proxy;\n"
+        f"  include {tmp_path}/site.conf;\n}}\n")
+    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models"
+        wait_until(lambda: _answer(url, "nothing")[0] == 401, 10, "nginx to answer", retry_on=(OSError,))
+        assert [_answer(url, keys["alice"])[0] for _ in range(2)] == [503, 503]
+        for name in ("default", "n8n"):
+            (first, _), (second, headers) = _answer(url, keys[name]["key"]), _answer(url, keys[name]["key"])
+            assert (first, second, headers.get("Retry-After")) == (503, 429, "30"), name
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+
+
+def _answer(url: str, key: str) -> tuple[int, dict]:
+    """(status, headers) of a GET with this key."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
