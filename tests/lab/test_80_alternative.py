@@ -29,15 +29,23 @@ def stack(alternative):
 
 
 @pytest.fixture(scope="module")
-def https(stack, tmp_path_factory):
-    """A client of the gateway's TLS port that trusts the certificate the deploy generated."""
-    certificate = tmp_path_factory.mktemp("tls") / "gateway.crt"
+def certificate(stack, tmp_path_factory):
+    """The certificate the deploy generated for the gateway, its key private."""
+    path = tmp_path_factory.mktemp("tls") / "gateway.crt"
     gateway = lab_host(stack["gateway"])
     assert gateway.file("/etc/nginx/nas-ai/self-signed.key").mode == 0o600
-    certificate.write_text(gateway.check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
+    path.write_text(gateway.check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
+    return path
+
+
+@pytest.fixture
+def https(stack, certificate):
+    """A client of the gateway's TLS port that trusts that certificate; one per test, so no test
+    inherits another's open connections."""
     port = stack["settings"][stack["gateway"]].gateway_tls_port
-    return httpx.Client(base_url=f"https://{stack['gateway_address']}:{port}/v1", timeout=120,
-                        verify=ssl.create_default_context(cafile=str(certificate)))
+    with httpx.Client(base_url=f"https://{stack['gateway_address']}:{port}/v1", timeout=120,
+                      verify=ssl.create_default_context(cafile=str(certificate))) as client:
+        yield client
 
 
 def _chat(https, key: str, model: str, **extra) -> httpx.Response:
@@ -92,19 +100,25 @@ def test_a_client_with_its_own_rate_gets_429_while_the_others_go_on(stack, https
 
 
 def test_a_client_with_one_request_at_a_time_gets_429_for_a_second(stack, https):
-    """carol: one request in flight. While her first streamed answer is held open (read no
-    further than its first line), a second one is refused; alice is served meanwhile."""
+    """carol: one request in flight. While her first streamed answer is still being generated, a
+    second one is refused; alice is served meanwhile."""
     streaming, done, outcome = threading.Event(), threading.Event(), {}
 
     def first_request():
         try:
             with https.stream("POST", "/chat/completions", headers={"Authorization": f"Bearer {stack['keys']['carol']}"},
-                              json={"model": stack["model"], "max_tokens": 200, "stream": True,
+                              json={"model": stack["model"], "max_tokens": 1000, "stream": True,
+                                    # No end of text (SmolLM2's ids 0 and 2): the answer runs its whole
+                                    # length, seconds even on llama-server, so nginx still counts it when
+                                    # the second request arrives.
+                                    "logit_bias": {"0": -100, "2": -100},
                                     "messages": [{"role": "user", "content": "Tell a long story."}]}) as response:
                 outcome["status"] = response.status_code
-                next(response.iter_lines())
+                lines = response.iter_lines()
+                outcome["first line"] = next(lines)
                 streaming.set()
-                done.wait(120)  # the connection stays open, so nginx still counts the request
+                done.wait(120)  # the answer is still being generated: nginx counts the request
+                outcome["lines"] = 1 + sum(1 for _ in lines)
         except Exception as error:  # reported by the test, not lost in the thread
             outcome["error"] = error
             streaming.set()
@@ -113,13 +127,14 @@ def test_a_client_with_one_request_at_a_time_gets_429_for_a_second(stack, https)
     holder.start()
     try:
         assert streaming.wait(120), "the first streamed answer never started"
-        assert outcome.get("status") == 200, outcome
+        assert outcome.get("status") == 200 and outcome.get("first line", "").startswith("data:"), outcome
         second = _chat(https, stack["keys"]["carol"], stack["model"])
-        assert second.status_code == 429, second.text
+        assert second.status_code == 429, (second.text, outcome)
         assert _chat(https, stack["keys"]["alice"], stack["model"]).status_code == 200
     finally:
         done.set()
         holder.join(timeout=180)
+    assert "error" not in outcome and outcome["lines"] > 100, outcome  # the whole answer came
 
 
 def test_prometheus_on_the_second_host_scrapes_every_target(stack):
