@@ -70,9 +70,15 @@ def clients(api_keys: dict, settings) -> list[Client]:
     return found
 
 
+def _regex_literal(text: str) -> str:
+    r"""`text` matched literally by PCRE, written for nginx's config parser (which reads \\ as \)."""
+    return "".join(char if char.isalnum() else "\\\\" + char for char in text)
+
+
 def keys_map(clients: list[Client]) -> str:
-    """"Bearer <key>" -> client name, for the 0600 file the site includes."""
-    return "".join(f'"Bearer {client.key}" "{client.name}";\n' for client in clients)
+    """"Bearer <key>" -> client name, for the 0600 file the site includes: a regex per key, as
+    nginx's map strings ignore case. The scheme's case is free (RFC 9110), the key's exact."""
+    return "".join(f'"~^(?i:Bearer) {_regex_literal(client.key)}$" "{client.name}";\n' for client in clients)
 
 
 def limit_classes(clients: list[Client]) -> list[dict]:
@@ -93,6 +99,8 @@ def site_config(settings, clients: list[Client], upstreams: list[str], backend_k
         "gateway/nas-ai.conf.j2", keys_file=keys_file, upstreams=upstreams, backend_key=backend_key,
         port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
         max_body=settings.gateway_max_body, limits=limit_classes(clients),
+        auth_failures_per_minute=settings.gateway_auth_failures_per_minute,
+        auth_failure_burst=settings.gateway_auth_failure_burst,
         read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=stub_status_address, access_log=access_log)
 
 

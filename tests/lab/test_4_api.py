@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import shlex
 import time
 
 import httpx
@@ -61,12 +62,29 @@ def test_requests_spread_over_both_nodes(client, deployment):
     assert upstreams == expected
 
 
-def test_wrong_key_gets_401(gateway_url):
+def test_wrong_key_gets_401(gateway_url, api_key):
     bad = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="sk-not-a-key-of-this-nas", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as refused:
         bad.models.list()
     assert refused.value.status_code == 401
     assert httpx.get(f"{gateway_url}/v1/models").status_code == 401  # no key at all
+    for near in (api_key.upper(), api_key.lower(), api_key[:-1]):  # keys compare exactly
+        assert httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {near}"}).status_code == 401
+
+
+def test_key_guessing_from_one_address_ends_in_429(gateway_url, api_key, deployment):
+    """From the second host, an address of its own: wrong keys get 401 up to the burst
+    (gateway_auth_failure_burst, 10), then 429; a client with its key is served meanwhile."""
+    guesser = lab_host(deployment["groups"]["inference"][1][0])
+    script = ("import urllib.request, urllib.error\n"
+              "for n in range(16):\n"
+              f"    request = urllib.request.Request({gateway_url + '/v1/models'!r}, "
+              "headers={'Authorization': 'Bearer sk-guess-%016d' % n})\n"
+              "    try:\n        print(urllib.request.urlopen(request, timeout=10).status)\n"
+              "    except urllib.error.HTTPError as error:\n        print(error.code)\n")
+    statuses = [int(line) for line in guesser.check_output(f"python3 -c {shlex.quote(script)}").split()]
+    assert set(statuses) == {401, 429} and 10 <= statuses.index(429) <= 12, statuses
+    assert httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}).status_code == 200
 
 
 def test_too_large_body_gets_413(gateway_url, api_key):

@@ -1,7 +1,10 @@
 """Every template renders, and what it renders passes its daemon's own check."""
 
+import contextlib
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -93,7 +96,7 @@ def test_each_client_gets_its_own_limits(tmp_path):
     result = _nginx_test(tmp_path, site)
     assert result.returncode == 0, result.stderr
     # Three sets of limits, each its own zones, each client in one of them.
-    assert "rate=2r/m" in site and site.count("rate=10r/m") == 2
+    assert re.findall(r"zone=nas_ai_rate_\d+:1m rate=(\d+)r/m", site) == ["2", "10", "10"]
     assert '"\\\\default" "default";' in site
     assert site.count("limit_req zone=nas_ai_rate_") == 3 and site.count("limit_conn nas_ai_conn_") == 3
     # Sorted by rate, burst, concurrency: bob (2/min, no burst), carol (1 at once), alice.
@@ -174,44 +177,93 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@needs_nginx
-def test_a_running_nginx_limits_each_client_by_its_own_zone(tmp_path):
-    """The real nginx, with no engine behind it: a limited request is 429 before it is proxied, an
-    allowed one 503. Names that nginx could misread (`default`, a keyword of its maps; `n8n`,
-    whose escaped form starts with \\n) are limited like any other."""
-    port = _free_port()
-    slow = {"rate_per_minute": 2, "rate_burst": 0}
-    keys = {"default": {"key": "sk-default-0123456789abcdef", **slow}, "n8n": {"key": "sk-n8n-0123456789abcdef", **slow},
-            "alice": "sk-alice-0123456789abcdef"}
-    settings = resolve("nas1", {"gateway_port": port})
+@contextlib.contextmanager
+def _running_gateway(tmp_path, data: dict, keys: dict, tls: dict | None = None):
+    """The real nginx with the rendered site, on free ports, no engine behind it: a request that
+    passes the gateway's checks gets 503 (no engine); one refused gets its 401, 429 or 301."""
+    settings = resolve("nas1", {"gateway_port": _free_port(), "gateway_tls_port": _free_port(), **data})
     clients = gateway.clients(keys, settings)
     (tmp_path / "keys.map").write_text(gateway.keys_map(clients))
     (tmp_path / "site.conf").write_text(gateway.site_config(
-        settings, clients, [f"127.0.0.1:{_free_port()}"], "backend-key", None, keys_file=str(tmp_path / "keys.map"),
+        settings, clients, [f"127.0.0.1:{_free_port()}"], "backend-key", tls, keys_file=str(tmp_path / "keys.map"),
         access_log=str(tmp_path / "access.log"), stub_status_address=f"127.0.0.1:{_free_port()}"))
     (tmp_path / "nginx.conf").write_text(
         f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n  client_body_temp_path {tmp_path}/body;\n  proxy_temp_path {tmp_path}/proxy;\n"
         f"  include {tmp_path}/site.conf;\n}}\n")
-    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                             stderr=subprocess.PIPE, text=True)
+    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
     try:
-        url = f"http://127.0.0.1:{port}/v1/models"
-        wait_until(lambda: _answer(url, "nothing")[0] == 401, 10, "nginx to answer", retry_on=(OSError,))
-        assert [_answer(url, keys["alice"])[0] for _ in range(2)] == [503, 503]
-        for name in ("default", "n8n"):
-            (first, _), (second, headers) = _answer(url, keys[name]["key"]), _answer(url, keys[name]["key"])
-            assert (first, second, headers.get("Retry-After")) == (503, 429, "30"), name
+        wait_until(lambda: _answer(f"http://127.0.0.1:{settings.gateway_port}/v1/models", "nothing")[0] in (301, 401),
+                   10, "nginx to answer", retry_on=(OSError,))
+        yield settings
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
 
 
-def _answer(url: str, key: str) -> tuple[int, dict]:
-    """(status, headers) of a GET with this key."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+@needs_nginx
+def test_a_running_nginx_limits_each_client_by_its_own_zone(tmp_path):
+    """A limited request is 429 before it is proxied, an allowed one 503. Names that nginx could
+    misread (`default`, a keyword of its maps; `n8n`, whose escaped form starts with \\n) are
+    limited like any other."""
+    slow = {"rate_per_minute": 2, "rate_burst": 0}
+    keys = {"default": {"key": "sk-default-0123456789abcdef", **slow}, "n8n": {"key": "sk-n8n-0123456789abcdef", **slow},
+            "alice": "sk-alice-0123456789abcdef"}
+    with _running_gateway(tmp_path, {}, keys) as settings:
+        url = f"http://127.0.0.1:{settings.gateway_port}/v1/models"
+        assert [_answer(url, keys["alice"])[0] for _ in range(2)] == [503, 503]
+        for name in ("default", "n8n"):
+            (first, _), (second, headers) = _answer(url, keys[name]["key"]), _answer(url, keys[name]["key"])
+            assert (first, second, headers.get("Retry-After")) == (503, 429, "30"), name
+
+
+@needs_nginx
+def test_a_running_nginx_compares_keys_exactly(tmp_path):
+    key = "sk-nas-AbC_d-9.x+y$z0123"  # regex characters, mixed case
+    with _running_gateway(tmp_path, {}, {"alice": key}) as settings:
+        url = f"http://127.0.0.1:{settings.gateway_port}/v1/models"
+        assert _answer(url, key)[0] == 503
+        assert _answer(url, key, scheme="bearer")[0] == 503  # the scheme's case is free
+        for wrong in (key.upper(), key.lower(), key[:-1], key + "0", key.replace(".", "a"), "sk-nas-.*"):
+            assert _answer(url, wrong)[0] == 401, wrong
+        assert _answer(url, "sk-nas-wrong-0123456789")[1].get("WWW-Authenticate") == 'Bearer realm="nas-ai"'
+
+
+
+@needs_nginx
+def test_a_running_nginx_slows_key_guessing_by_address_alone(tmp_path):
+    key = "sk-alice-0123456789abcdef"
+    with _running_gateway(tmp_path, {"gateway_auth_failure_burst": 3}, {"alice": key}) as settings:
+        url = f"http://127.0.0.1:{settings.gateway_port}/v1/models"
+        # The probe that saw nginx up was the first failure; 3 more in the burst, then 429s.
+        guesses = [_answer(url, f"sk-guess-{n:016d}")[0] for n in range(5)]
+        assert guesses == [401, 401, 401, 429, 429]
+        assert _answer(url, key)[0] == 503  # a client with its key is not slowed
+
+
+@needs_nginx
+def test_with_tls_the_plain_port_serves_no_api_and_points_to_tls(tmp_path):
+    cert, key = tmp_path / "c.crt", tmp_path / "c.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=nas1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    api_key = "sk-alice-0123456789abcdef"
+    with _running_gateway(tmp_path, {}, {"alice": api_key}, {"certificate": str(cert), "key": str(key)}) as settings:
+        status, headers = _answer(f"http://127.0.0.1:{settings.gateway_port}/v1/models", api_key)
+        assert (status, headers["Location"]) == (301, f"https://127.0.0.1:{settings.gateway_tls_port}/v1/models")
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        assert _answer(f"https://127.0.0.1:{settings.gateway_tls_port}/v1/models", api_key, context=context)[0] == 503
+
+
+def _answer(url: str, key: str, scheme: str = "Bearer", context=None) -> tuple[int, dict]:
+    """(status, headers) of a GET with this key, redirects not followed."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
+    request = urllib.request.Request(url, headers={"Authorization": f"{scheme} {key}"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with opener.open(request, timeout=5) as response:
             return response.status, dict(response.headers)
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers)
