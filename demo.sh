@@ -15,7 +15,9 @@ The NAS AI assistant is up.
   endpoint: $endpoint
   API key:  $key
   model:    smollm2-135m-instruct
-  Prometheus:   ${endpoint%/v1}:9090   Alertmanager: ${endpoint%/v1}:9093
+  Prometheus and Alertmanager (loopback of the monitoring host, no authentication): tunnel to them
+    ssh -F ~/.cache/nas-ai-lab/ssh/config -L 9090:127.0.0.1:9090 -L 9093:127.0.0.1:9093 nas1
+    then http://127.0.0.1:9090 and http://127.0.0.1:9093
 
 Try it:
   curl $endpoint/chat/completions -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\

@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
-from tasks import dashboard, secrets
+from tasks import dashboard, monitoring, secrets
 from tasks.plan import Plan
 from tasks.rendering import SYSTEMD_DIR, put_text, put_unit_file, render, running
 from tasks.settings import DeployError
@@ -23,7 +23,7 @@ OPERATOR_DEB = "/var/cache/nas-ai/grafana.deb"
 PROVISIONING = "/etc/grafana/provisioning"
 DASHBOARDS_DIR = "/etc/grafana/dashboards/nas-ai"
 ENVIRONMENT_FILE = "/etc/grafana/nas-ai.env"
-PROMETHEUS_URL = "http://127.0.0.1:9090"  # Grafana runs beside Prometheus on each monitoring host
+PROMETHEUS_URL = f"http://{monitoring.PROMETHEUS_ADDRESS}"  # Grafana runs beside Prometheus on each monitoring host
 
 
 def source(settings) -> str | None:

@@ -14,6 +14,10 @@ RULES_FILE = "/etc/prometheus/nas-ai.rules.yml"
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 MTAIL_PROGRAM = "/etc/mtail/nas-ai-gateway.mtail"
+# Neither has authentication: both listen on loopback alone, for Grafana beside them and for an
+# operator's SSH tunnel. Alertmanager runs alone, without its cluster port.
+PROMETHEUS_ADDRESS = "127.0.0.1:9090"
+ALERTMANAGER_ADDRESS = "127.0.0.1:9093"
 # The units node_exporter reports on: the stack's and the ones it stands on.
 WATCHED_UNITS = r"(nas-ai-engine|nas-ai-firewall|nginx|prometheus|prometheus-alertmanager|ssh)\.service"
 
@@ -94,20 +98,26 @@ def server(plan: Plan) -> None:
                  cache_time=24 * 3600)
     # Sized for a NAS disk: whichever cap is reached first.
     flags = put_text("Prometheus flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
-                     f'ARGS="--storage.tsdb.retention.time={settings.monitoring_retention_time} '
+                     f'ARGS="--web.listen-address={PROMETHEUS_ADDRESS} '
+                     f'--storage.tsdb.retention.time={settings.monitoring_retention_time} '
                      f'--storage.tsdb.retention.size={settings.monitoring_retention_size}"\n',
                      "/etc/default/prometheus", "0644")
+    alerting_flags = put_text("Alertmanager flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
+                              f'ARGS="--web.listen-address={ALERTMANAGER_ADDRESS} --cluster.listen-address="\n',
+                              "/etc/default/prometheus-alertmanager", "0644")
     alert_rules = install_checked(
         "Alert rules", render("monitoring/nas-ai.rules.yml.j2", ttft_p99_slo_s=settings.monitoring_ttft_p99_slo_s),
         RULES_FILE, "promtool check rules {path}")
     # Checked after the rules it names are live: promtool reads them from their final path.
     config = install_checked(
         "Prometheus config", render("monitoring/prometheus.yml.j2", scrape_interval=settings.monitoring_scrape_interval,
-                                    rules_file=RULES_FILE, jobs=scrape_jobs(plan)),
+                                    rules_file=RULES_FILE, jobs=scrape_jobs(plan), prometheus_address=PROMETHEUS_ADDRESS,
+                                    alertmanager_address=ALERTMANAGER_ADDRESS),
         PROMETHEUS_CONFIG, "promtool check config {path}")
     alerting = install_checked(
         "Alertmanager config", render("monitoring/alertmanager.yml.j2", webhook=settings.monitoring_alert_webhook),
         ALERTMANAGER_CONFIG, "amtool check-config {path}")
     running("Prometheus running and enabled", "prometheus.service", restarted=flags.will_change,
             reloaded=alert_rules.will_change or config.will_change)
-    running("Alertmanager running and enabled", "prometheus-alertmanager.service", reloaded=alerting.will_change)
+    running("Alertmanager running and enabled", "prometheus-alertmanager.service", restarted=alerting_flags.will_change,
+            reloaded=alerting.will_change)

@@ -5,10 +5,12 @@ A module of its own, not the conftest: pytest loads a conftest under a name of i
 kept there (the background VM, the deploy times) would exist twice.
 """
 
+import contextlib
 import os
 import re
 import runpy
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 from lab import config as lab_config
+from lab.waiting import wait_until
 from tests.timing import DEPLOY_TIMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +115,29 @@ def changed_operations(output: str) -> int:
     match = re.search(r"Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", output)
     assert match, output[-3000:]
     return 0 if match.group(2) == "-" else int(match.group(2))
+
+
+@contextlib.contextmanager
+def ssh_tunnel(name: str, remote: str):
+    """The URL of a loopback-only service of a lab host (`remote`, host:port as the host sees it),
+    reached as an operator would: through an SSH tunnel."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    tunnel = subprocess.Popen(["ssh", "-F", str(lab_config.SSH_CONFIG), "-N", "-o", "ExitOnForwardFailure=yes",
+                               "-L", f"127.0.0.1:{local}:{remote}", name])
+
+    def listening() -> bool:
+        assert tunnel.poll() is None, f"the SSH tunnel to {name} exited with {tunnel.returncode}"
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", local)) == 0
+
+    try:
+        wait_until(listening, 30, f"the SSH tunnel to {name}:{remote}", interval=0.2)
+        yield f"http://127.0.0.1:{local}"
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=10)
 
 
 def inventory_hosts(inventory: str) -> dict[str, list[tuple[str, dict]]]:

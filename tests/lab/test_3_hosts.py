@@ -5,12 +5,14 @@ inventory, resolved as the deploy resolves it."""
 
 import json
 import re
+import shlex
 import urllib.error
 import urllib.request
 
 import pytest
 
 from tasks import gateway, secrets
+from tasks.monitoring import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS
 from tasks.settings import BUNDLED_MODEL
 from tests.lab.harness import http_from, lab_host
 
@@ -126,6 +128,20 @@ def test_engine_port_is_closed_to_hosts_that_do_not_call_it(scenario):
         urllib.request.urlopen(f"http://{address}:{port}/health", timeout=5)
     assert "refused" in str(refused.value).lower() or "reset" in str(refused.value).lower()
     assert http_from(lab_host(scenario.gateways[0]), f"http://{address}:{port}/health")[0] == 200
+
+
+def test_prometheus_and_alertmanager_answer_on_loopback_alone(scenario):
+    """They have no authentication: nothing on the LAN reaches them, not even their cluster port."""
+    monitor = scenario.monitoring[0]
+    listening = lab_host(monitor).check_output("ss -Htln '( sport = :9090 or sport = :9093 or sport = :9094 )'")
+    addresses = sorted(line.split()[3] for line in listening.splitlines())
+    assert addresses == sorted([PROMETHEUS_ADDRESS, ALERTMANAGER_ADDRESS]), listening
+    other = next(name for name in scenario.hosts if name != monitor)
+    probe = ("import socket\n"
+             f"for port in (9090, 9093, 9094):\n"
+             f"    print(port, socket.socket().connect_ex(({scenario.addresses[monitor]!r}, port)))\n")
+    refused = lab_host(other).check_output(f"python3 -c {shlex.quote(probe)}")
+    assert all(line.split()[1] != "0" for line in refused.splitlines()), refused
 
 
 def test_engine_refuses_requests_without_the_backend_key(scenario):

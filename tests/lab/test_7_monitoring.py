@@ -8,7 +8,8 @@ import pytest
 
 from lab.waiting import wait_until
 from tasks import secrets
-from tests.lab.harness import http_from, lab_host
+from tasks.monitoring import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS
+from tests.lab.harness import http_from, lab_host, ssh_tunnel
 
 pytestmark = pytest.mark.lab
 MODEL = "smollm2-135m-instruct"
@@ -16,9 +17,11 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def monitoring(deployment):
-    name, data = deployment["groups"]["gateway"][0]  # monitoring defaults to the first host too
-    return {"prometheus": f"http://{data['ssh_hostname']}:9090", "alertmanager": f"http://{data['ssh_hostname']}:9093",
-            "host": lab_host(name), "groups": deployment["groups"]}
+    """Prometheus and Alertmanager listen on loopback alone: reached through SSH tunnels."""
+    name, _ = deployment["groups"]["gateway"][0]  # monitoring defaults to the first host too
+    with ssh_tunnel(name, PROMETHEUS_ADDRESS) as prometheus, ssh_tunnel(name, ALERTMANAGER_ADDRESS) as alertmanager:
+        yield {"prometheus": prometheus, "alertmanager": alertmanager, "host": lab_host(name),
+               "groups": deployment["groups"]}
 
 
 def _targets(prometheus: str) -> list[dict]:

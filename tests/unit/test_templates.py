@@ -132,6 +132,7 @@ def test_prometheus_config_passes_promtool(tmp_path):
     rules.write_text(render("monitoring/nas-ai.rules.yml.j2", ttft_p99_slo_s=2.0))
     config = tmp_path / "prometheus.yml"
     config.write_text(render("monitoring/prometheus.yml.j2", scrape_interval="15s", rules_file=str(rules),
+                             prometheus_address="127.0.0.1:9090", alertmanager_address="127.0.0.1:9093",
                              jobs={"node": [{"address": "127.0.0.1:9100", "node": "nas1"},
                                             {"address": "10.213.0.12:9100", "node": "nas2"}],
                                    "engine": [{"address": "127.0.0.1:8080", "node": "nas1"}]}))
