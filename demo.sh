@@ -9,6 +9,9 @@ cd "$(dirname "$0")"
 endpoint=$(.venv/bin/python -c "
 import runpy; print('http://' + runpy.run_path('inventory/lab.py')['gateway'][0][1]['ssh_hostname'] + '/v1')")
 key=$(.venv/bin/python -c "from tasks import secrets; print(next(iter(secrets.api_keys(None).values())))")
+ssh_config=$(.venv/bin/python -c "from lab import config; print(config.SSH_CONFIG)")
+# The monitoring host defaults to the first inference host, the gateway of inventory/lab.py.
+monitor=$(.venv/bin/python -c "import runpy; print(runpy.run_path('inventory/lab.py')['gateway'][0][0])")
 cat <<TXT
 
 The NAS AI assistant is up.
@@ -16,7 +19,7 @@ The NAS AI assistant is up.
   API key:  $key
   model:    smollm2-135m-instruct
   Prometheus and Alertmanager (loopback of the monitoring host, no authentication): tunnel to them
-    ssh -F ~/.cache/nas-ai-lab/ssh/config -L 9090:127.0.0.1:9090 -L 9093:127.0.0.1:9093 nas1
+    ssh -F $ssh_config -L 9090:127.0.0.1:9090 -L 9093:127.0.0.1:9093 $monitor
     then http://127.0.0.1:9090 and http://127.0.0.1:9093
 
 Try it:

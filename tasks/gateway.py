@@ -50,10 +50,10 @@ def clients(api_keys: dict, settings) -> list[Client]:
             raise DeployError(f"gateway_api_keys[{name!r}]: unknown {', '.join(sorted(unknown))}; a client takes "
                               f"key, {', '.join(CLIENT_LIMITS)}")
         key = entry.get("key")
-        if not (isinstance(key, str) and len(key) >= 16 and key.isprintable() and " " not in key
+        if not (isinstance(key, str) and len(key) >= 16 and key.isascii() and key.isprintable() and " " not in key
                 and '"' not in key and "\\" not in key):
-            raise DeployError(f"gateway_api_keys[{name!r}] must be a string of 16 or more printable "
-                              "characters without spaces, quotes or backslashes")
+            raise DeployError(f"gateway_api_keys[{name!r}] must be a string of 16 or more printable ASCII "
+                              "characters without spaces, quotes or backslashes (HTTP clients send no others)")
         limits = {}
         for limit, setting in CLIENT_LIMITS.items():
             limits[limit] = entry.get(limit, getattr(settings, setting))
@@ -101,6 +101,7 @@ def site_config(settings, clients: list[Client], upstreams: list[str], backend_k
         max_body=settings.gateway_max_body, limits=limit_classes(clients),
         auth_failures_per_minute=settings.gateway_auth_failures_per_minute,
         auth_failure_burst=settings.gateway_auth_failure_burst,
+        auth_failure_retry_after_s=math.ceil(60 / settings.gateway_auth_failures_per_minute),
         read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=stub_status_address, access_log=access_log)
 
 

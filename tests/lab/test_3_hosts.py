@@ -133,8 +133,9 @@ def test_engine_port_is_closed_to_hosts_that_do_not_call_it(scenario):
 def test_prometheus_and_alertmanager_answer_on_loopback_alone(scenario):
     """They have no authentication: nothing on the LAN reaches them, not even their cluster port."""
     monitor = scenario.monitoring[0]
-    listening = lab_host(monitor).check_output("ss -Htln '( sport = :9090 or sport = :9093 or sport = :9094 )'")
-    addresses = sorted(line.split()[3] for line in listening.splitlines())
+    # TCP and UDP: Alertmanager's cluster port speaks both.
+    listening = lab_host(monitor).check_output("ss -Htuln '( sport = :9090 or sport = :9093 or sport = :9094 )'")
+    addresses = sorted(line.split()[4] for line in listening.splitlines())
     assert addresses == sorted([PROMETHEUS_ADDRESS, ALERTMANAGER_ADDRESS]), listening
     other = next(name for name in scenario.hosts if name != monitor)
     probe = ("import socket\n"

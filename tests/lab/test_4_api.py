@@ -83,7 +83,10 @@ def test_key_guessing_from_one_address_ends_in_429(gateway_url, api_key, deploym
               "    try:\n        print(urllib.request.urlopen(request, timeout=10).status)\n"
               "    except urllib.error.HTTPError as error:\n        print(error.code)\n")
     statuses = [int(line) for line in guesser.check_output(f"python3 -c {shlex.quote(script)}").split()]
-    assert set(statuses) == {401, 429} and 10 <= statuses.index(429) <= 12, statuses
+    first_refused = statuses.index(429)  # ValueError: never refused
+    # At most the burst and the first request (one more if the rate refilled meanwhile), then 429 alone.
+    assert first_refused <= 12 and set(statuses[:first_refused]) == {401} and set(statuses[first_refused:]) == {429}, \
+        statuses
     assert httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}).status_code == 200
 
 

@@ -77,12 +77,13 @@ def test_each_engine_serves_its_own_server_from_the_moved_store(stack):
             assert sum("llama-server" in p for p in processes) == 1, processes
 
 
-def test_with_tls_the_plain_port_only_points_to_it(stack):
+def test_with_tls_the_plain_port_serves_no_api(stack):
+    """An API request on the plain port is refused with the TLS URL to use; nothing is proxied."""
     settings = stack["settings"][stack["gateway"]]
-    response = httpx.get(f"http://{stack['gateway_address']}:{settings.gateway_port}/v1/models", timeout=10,
-                         headers={"Authorization": f"Bearer {stack['keys']['alice']}"})
-    assert response.status_code == 301, response.text
-    assert response.headers["location"] == f"https://{stack['gateway_address']}:{settings.gateway_tls_port}/v1/models"
+    response = httpx.post(f"http://{stack['gateway_address']}:{settings.gateway_port}/v1/chat/completions", timeout=10,
+                          headers={"Authorization": f"Bearer {stack['keys']['alice']}"}, json={})
+    assert response.status_code == 403, response.text
+    assert f"https://{stack['gateway_address']}:{settings.gateway_tls_port}/v1/chat/completions" in response.text
 
 
 def test_chat_over_tls_reaches_both_engines(stack, https):

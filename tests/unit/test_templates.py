@@ -76,7 +76,8 @@ def test_api_keys_are_never_in_the_site_config(tmp_path):
 
 
 @pytest.mark.parametrize("keys, message", [
-    ({"alice": "short"}, "16 or more printable characters"),
+    ({"alice": "short"}, "16 or more printable ASCII characters"),
+    ({"alice": "sk-clé-0123456789abcdef"}, "16 or more printable ASCII characters"),
     ({"alice": 'sk-with"quote-0123456789'}, "without spaces, quotes"),
     ({"al ice": "sk-0123456789abcdef"}, "client name"),
     ({}, "gateway_api_keys is empty"),
@@ -194,7 +195,7 @@ def _running_gateway(tmp_path, data: dict, keys: dict, tls: dict | None = None):
         f"  include {tmp_path}/site.conf;\n}}\n")
     nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
     try:
-        wait_until(lambda: _answer(f"http://127.0.0.1:{settings.gateway_port}/v1/models", "nothing")[0] in (301, 401),
+        wait_until(lambda: _answer(f"http://127.0.0.1:{settings.gateway_port}/v1/models", "nothing")[0] in (401, 403),
                    10, "nginx to answer", retry_on=(OSError,))
         yield settings
     finally:
@@ -214,7 +215,7 @@ def test_a_running_nginx_limits_each_client_by_its_own_zone(tmp_path):
         url = f"http://127.0.0.1:{settings.gateway_port}/v1/models"
         assert [_answer(url, keys["alice"])[0] for _ in range(2)] == [503, 503]
         for name in ("default", "n8n"):
-            (first, _), (second, headers) = _answer(url, keys[name]["key"]), _answer(url, keys[name]["key"])
+            (first, _, _), (second, headers, _) = _answer(url, keys[name]["key"]), _answer(url, keys[name]["key"])
             assert (first, second, headers.get("Retry-After")) == (503, 429, "30"), name
 
 
@@ -237,8 +238,11 @@ def test_a_running_nginx_slows_key_guessing_by_address_alone(tmp_path):
     with _running_gateway(tmp_path, {"gateway_auth_failure_burst": 3}, {"alice": key}) as settings:
         url = f"http://127.0.0.1:{settings.gateway_port}/v1/models"
         # The probe that saw nginx up was the first failure; 3 more in the burst, then 429s.
-        guesses = [_answer(url, f"sk-guess-{n:016d}")[0] for n in range(5)]
-        assert guesses == [401, 401, 401, 429, 429]
+        answers = [_answer(url, f"sk-guess-{n:016d}") for n in range(5)]
+        assert [status for status, _, _ in answers] == [401, 401, 401, 429, 429]
+        _, headers, body = answers[-1]
+        assert headers.get("Retry-After") == "6"  # one request's worth of 10 a minute
+        assert "without a valid API key from this address" in body
         assert _answer(url, key)[0] == 503  # a client with its key is not slowed
 
 
@@ -249,15 +253,19 @@ def test_with_tls_the_plain_port_serves_no_api_and_points_to_tls(tmp_path):
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     api_key = "sk-alice-0123456789abcdef"
     with _running_gateway(tmp_path, {}, {"alice": api_key}, {"certificate": str(cert), "key": str(key)}) as settings:
-        status, headers = _answer(f"http://127.0.0.1:{settings.gateway_port}/v1/models", api_key)
-        assert (status, headers["Location"]) == (301, f"https://127.0.0.1:{settings.gateway_tls_port}/v1/models")
+        # An API request is refused with the TLS URL (a redirect would turn a POST into a GET
+        # without its key); anything else is redirected.
+        status, _, body = _answer(f"http://127.0.0.1:{settings.gateway_port}/v1/models", api_key)
+        assert status == 403 and f"https://127.0.0.1:{settings.gateway_tls_port}/v1/models" in body, body
+        status, headers, _ = _answer(f"http://127.0.0.1:{settings.gateway_port}/", api_key)
+        assert (status, headers["Location"]) == (301, f"https://127.0.0.1:{settings.gateway_tls_port}/")
         context = ssl.create_default_context(cafile=str(cert))
         context.check_hostname = False
         assert _answer(f"https://127.0.0.1:{settings.gateway_tls_port}/v1/models", api_key, context=context)[0] == 503
 
 
-def _answer(url: str, key: str, scheme: str = "Bearer", context=None) -> tuple[int, dict]:
-    """(status, headers) of a GET with this key, redirects not followed."""
+def _answer(url: str, key: str, scheme: str = "Bearer", context=None) -> tuple[int, dict, str]:
+    """(status, headers, body) of a GET with this key, redirects not followed."""
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args):
             return None
@@ -265,6 +273,6 @@ def _answer(url: str, key: str, scheme: str = "Bearer", context=None) -> tuple[i
     request = urllib.request.Request(url, headers={"Authorization": f"{scheme} {key}"})
     try:
         with opener.open(request, timeout=5) as response:
-            return response.status, dict(response.headers)
+            return response.status, dict(response.headers), response.read().decode()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers)
+        return error.code, dict(error.headers), error.read().decode()
