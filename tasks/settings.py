@@ -107,7 +107,7 @@ SETTINGS: dict[str, Setting] = {
                            pattern=NGINX_SIZE, shape="an nginx size such as 512k or 1m"),
     "gateway_read_timeout_s": _s(600, int, "Longest silence from the engine (queue wait + prompt processing) before 504.",
                                  minimum=1, maximum=24 * 3600),
-    "gateway_tls": _s(None, (str, dict, NONE), "None, `self-signed`, or {certificate: path, key: path} on the controller; when on, gateway_port only redirects to gateway_tls_port."),
+    "gateway_tls": _s(None, (str, dict, NONE), "None, `self-signed`, or {certificate: path, key: path} on the controller; when on, gateway_port serves no API (a 403 names the TLS URL)."),
     "gateway_tls_port": _s(443, int, "HTTPS port of the gateway when TLS is on.", minimum=PORT[0], maximum=PORT[1]),
     # monitoring
     "monitoring_retention_time": _s("30d", str, "How long Prometheus keeps samples.",
