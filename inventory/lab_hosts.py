@@ -36,7 +36,5 @@ def lab_api_keys(clients: dict[str, dict]) -> dict[str, dict]:
     keys = json.loads(path.read_text()) if path.exists() else {}
     if set(clients) - set(keys):
         keys.update({name: "sk-lab-" + secrets.token_urlsafe(24) for name in set(clients) - set(keys)})
-        with atomic.replacing(path) as partial:
-            partial.touch(mode=0o600)
-            partial.write_text(json.dumps(keys))
+        atomic.write_text(path, json.dumps(keys), mode=0o600)
     return {name: {"key": keys[name], **limits} for name, limits in clients.items()}

@@ -34,6 +34,9 @@ def replacing(target: Path, *, remove_on_failure: bool = True) -> Iterator[Path]
     partial.rename(target)
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """`text` at `path`, replaced whole; with `mode` (0o600 for a secret) set before any text is in it."""
     with replacing(path) as partial:
+        if mode is not None:
+            partial.touch(mode=mode)
         partial.write_text(text)

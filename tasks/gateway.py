@@ -81,14 +81,18 @@ def keys_map(clients: list[Client]) -> str:
     return "".join(f'"~^(?i:Bearer) {_regex_literal(client.key)}$" "{client.name}";\n' for client in clients)
 
 
+def _retry_after_s(rate_per_minute: int) -> int:
+    """One request's worth of a rate."""
+    return max(1, math.ceil(60 / rate_per_minute))
+
+
 def limit_classes(clients: list[Client]) -> list[dict]:
     """Clients grouped by their limits: nginx needs one rate zone per rate."""
     classes: dict[tuple, list[str]] = {}
     for client in clients:
         classes.setdefault((client.rate_per_minute, client.rate_burst, client.concurrent), []).append(client.name)
     return [{"rate_per_minute": rate, "rate_burst": burst, "concurrent": concurrent, "clients": names,
-             # one request's worth of the rate
-             "retry_after_s": max(1, math.ceil(60 / rate))}
+             "retry_after_s": _retry_after_s(rate)}
             for (rate, burst, concurrent), names in sorted(classes.items())]
 
 
@@ -101,7 +105,7 @@ def site_config(settings, clients: list[Client], upstreams: list[str], backend_k
         max_body=settings.gateway_max_body, limits=limit_classes(clients),
         auth_failures_per_minute=settings.gateway_auth_failures_per_minute,
         auth_failure_burst=settings.gateway_auth_failure_burst,
-        auth_failure_retry_after_s=math.ceil(60 / settings.gateway_auth_failures_per_minute),
+        auth_failure_retry_after_s=_retry_after_s(settings.gateway_auth_failures_per_minute),
         read_timeout_s=settings.gateway_read_timeout_s, stub_status_address=stub_status_address, access_log=access_log)
 
 
@@ -153,8 +157,7 @@ def configure(plan: Plan) -> None:
                               path="/etc/nginx/sites-enabled/default", present=False)
     tls = _tls(settings)
     # nginx -t reads the whole configuration: the site is checked in place.
-    site = install_checked("nginx site nas-ai", site_config(settings, gateway_clients, upstreams(plan), secrets.backend_key(),
-                                                               tls),
-                           CONF_PATH, "nginx -t -q", mode="0600")
+    site_text = site_config(settings, gateway_clients, upstreams(plan), secrets.backend_key(), tls)
+    site = install_checked("nginx site nas-ai", site_text, CONF_PATH, "nginx -t -q", mode="0600")
     running("nginx running and enabled", "nginx.service",
             reloaded=keys.will_change or default_site.will_change or site.will_change)

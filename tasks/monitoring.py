@@ -35,11 +35,16 @@ RestartSec=5
 """
 
 
+def _flags(name: str, package: str, args: str):
+    """Debian's units of these daemons read their flags as ARGS from /etc/default/<package>."""
+    return put_text(f"{name} flags", f'# Managed by the nas-ai deploy (tasks/monitoring.py).\nARGS="{args}"\n',
+                    f"/etc/default/{package}", "0644")
+
+
 def _service_args(name: str, package: str, unit: str, args: str, drop_in: str | None = None):
-    """Debian's exporters read their flags from /etc/default/<package>: restart on change."""
+    """An exporter with its flags: restarted when they change."""
     apt.packages(name=f"Install {name}", packages=[package], no_recommends=True, cache_time=24 * 3600)
-    flags = put_text(f"{name} flags", f'# Managed by the nas-ai deploy (tasks/monitoring.py).\nARGS="{args}"\n',
-                     f"/etc/default/{package}", "0644")
+    flags = _flags(name, package, args)
     unit_files = [] if drop_in is None else [
         put_unit_file(f"{name} unit drop-in", drop_in, f"{SYSTEMD_DIR}/{unit}.d/nas-ai.conf")]
     running(f"{name} running and enabled", unit, unit_files=unit_files, restarted=flags.will_change)
@@ -97,14 +102,11 @@ def server(plan: Plan) -> None:
                  packages=["prometheus", "prometheus-alertmanager"], no_recommends=True,
                  cache_time=24 * 3600)
     # Sized for a NAS disk: whichever cap is reached first.
-    flags = put_text("Prometheus flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
-                     f'ARGS="--web.listen-address={PROMETHEUS_ADDRESS} '
-                     f'--storage.tsdb.retention.time={settings.monitoring_retention_time} '
-                     f'--storage.tsdb.retention.size={settings.monitoring_retention_size}"\n',
-                     "/etc/default/prometheus", "0644")
-    alerting_flags = put_text("Alertmanager flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
-                              f'ARGS="--web.listen-address={ALERTMANAGER_ADDRESS} --cluster.listen-address="\n',
-                              "/etc/default/prometheus-alertmanager", "0644")
+    flags = _flags("Prometheus", "prometheus", f"--web.listen-address={PROMETHEUS_ADDRESS} "
+                   f"--storage.tsdb.retention.time={settings.monitoring_retention_time} "
+                   f"--storage.tsdb.retention.size={settings.monitoring_retention_size}")
+    alerting_flags = _flags("Alertmanager", "prometheus-alertmanager",
+                            f"--web.listen-address={ALERTMANAGER_ADDRESS} --cluster.listen-address=")
     alert_rules = install_checked(
         "Alert rules", render("monitoring/nas-ai.rules.yml.j2", ttft_p99_slo_s=settings.monitoring_ttft_p99_slo_s),
         RULES_FILE, "promtool check rules {path}")

@@ -17,9 +17,7 @@ GRAFANA_PASSWORD_FILE = SECRETS_DIR / "grafana-admin-password"
 
 def _private_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic.replacing(path) as partial:
-        partial.touch(mode=0o600)  # private before the secret is in it
-        partial.write_text(text)
+    atomic.write_text(path, text, mode=0o600)
 
 
 def api_keys(from_data: dict | None) -> dict[str, str]:

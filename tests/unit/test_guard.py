@@ -21,9 +21,9 @@ class RecordingApp:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def _request(guard, method, path, body=b""):
-    chunks = [body[:10], body[10:]]
-    sent = []
+def _exchange(guard, method, path, chunks=(b"",)) -> list[dict]:
+    """The ASGI messages `guard` sends for a request whose body arrives in `chunks`."""
+    chunks, sent = list(chunks), []
 
     async def receive():
         chunk = chunks.pop(0)
@@ -33,6 +33,11 @@ def _request(guard, method, path, body=b""):
         sent.append(message)
 
     asyncio.run(guard({"type": "http", "method": method, "path": path}, receive, send))
+    return sent
+
+
+def _request(guard, method, path, body=b""):
+    sent = _exchange(guard, method, path, [body[:10], body[10:]])
     status = sent[0]["status"]
     payload = json.loads(sent[1]["body"]) if sent[1]["body"] else None
     return status, payload
@@ -109,16 +114,7 @@ def test_metrics_count_a_streamed_request():
     before = (_sample("nas_ai_engine_generated_tokens_total"),
               _sample("nas_ai_engine_time_to_first_token_seconds_count", {"endpoint": "/v1/chat/completions"}),
               _sample("nas_ai_engine_requests_total", {"endpoint": "/v1/chat/completions", "status": "200"}))
-    sent = []
-
-    async def receive():
-        return {"type": "http.request", "body": b'{"messages": [], "stream": true}', "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(Guard(StreamingApp(), {})({"type": "http", "method": "POST", "path": "/v1/chat/completions"},
-                                         receive, send))
+    sent = _exchange(Guard(StreamingApp(), {}), "POST", "/v1/chat/completions", [b'{"messages": [], "stream": true}'])
     after = (_sample("nas_ai_engine_generated_tokens_total"),
              _sample("nas_ai_engine_time_to_first_token_seconds_count", {"endpoint": "/v1/chat/completions"}),
              _sample("nas_ai_engine_requests_total", {"endpoint": "/v1/chat/completions", "status": "200"}))
@@ -129,15 +125,7 @@ def test_metrics_count_a_streamed_request():
 
 def test_metrics_endpoint_answers_without_the_app():
     app = RecordingApp()
-    sent = []
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(Guard(app, {})({"type": "http", "method": "GET", "path": "/metrics"}, receive, send))
+    sent = _exchange(Guard(app, {}), "GET", "/metrics")
     assert sent[0]["status"] == 200 and b"nas_ai_engine_requests_in_flight" in sent[1]["body"]
     assert app.bodies == []
 
@@ -158,32 +146,15 @@ class LlamaServerApp:
 
 def test_a_streams_prompt_tokens_come_from_llama_servers_timings():
     before = _sample("nas_ai_engine_prompt_tokens_total")
-
-    async def receive():
-        return {"type": "http.request", "body": b'{"prompt": "x", "stream": true}', "more_body": False}
-
-    async def send(message):
-        pass
-
-    asyncio.run(Guard(LlamaServerApp(), {})({"type": "http", "method": "POST", "path": "/v1/completions"},
-                                           receive, send))
+    _exchange(Guard(LlamaServerApp(), {}), "POST", "/v1/completions", [b'{"prompt": "x", "stream": true}'])
     assert _sample("nas_ai_engine_prompt_tokens_total") - before == 7
 
 
 def test_the_engines_own_metrics_are_appended():
-    sent = []
-
     async def engine_metrics():
         return b"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 2\n"
 
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(Guard(RecordingApp(), {}, engine_metrics)({"type": "http", "method": "GET", "path": "/metrics"},
-                                                          receive, send))
+    sent = _exchange(Guard(RecordingApp(), {}, engine_metrics), "GET", "/metrics")
     body = sent[1]["body"].decode()
     assert "nas_ai_engine_requests_in_flight" in body and body.endswith("llamacpp:requests_processing 2\n")
 
@@ -210,15 +181,7 @@ def test_an_event_split_across_two_body_messages_is_counted_once():
     labels = {"endpoint": "/v1/chat/completions"}
     before = (_sample("nas_ai_engine_generated_tokens_total"),
               _sample("nas_ai_engine_time_to_first_token_seconds_count", labels))
-
-    async def receive():
-        return {"type": "http.request", "body": b'{"messages": [], "stream": true}', "more_body": False}
-
-    async def send(message):
-        pass
-
-    asyncio.run(Guard(SplittingApp(), {})({"type": "http", "method": "POST", "path": "/v1/chat/completions"},
-                                         receive, send))
+    _exchange(Guard(SplittingApp(), {}), "POST", "/v1/chat/completions", [b'{"messages": [], "stream": true}'])
     after = (_sample("nas_ai_engine_generated_tokens_total"),
              _sample("nas_ai_engine_time_to_first_token_seconds_count", labels))
     assert [a - b for a, b in zip(after, before)] == [3, 1]
