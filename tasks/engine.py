@@ -83,7 +83,13 @@ def can_install_without_compiling(profile: CpuProfile) -> bool:
 
 
 def check(settings: Settings, profile: CpuProfile) -> None:
-    """Preflight: a host that may not compile needs an engine it can install without compiling."""
+    """Preflight: answers fit the context; a host that may not compile needs an engine it can install
+    without compiling."""
+    if settings.engine_max_tokens and settings.engine_max_tokens > settings.engine_context_size:
+        raise DeployError(
+            f"data key `engine_max_tokens` is {settings.engine_max_tokens}, above engine_context_size "
+            f"({settings.engine_context_size}): no answer can be longer than the context; lower it or "
+            "raise engine_context_size")
     if not settings.engine_build_on_host and not can_install_without_compiling(profile):
         raise DeployError(
             f"no engine for CPU profile {profile.name} on this controller, installed or "

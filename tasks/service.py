@@ -3,9 +3,10 @@ engine restarts only when something it runs on changed."""
 
 import json
 
-from tasks import engine, secrets
+from tasks import engine, firewall, secrets
 from tasks.plan import Plan
-from tasks.rendering import SYSTEMD_DIR, put_text, put_unit_file, render, running
+from tasks.rendering import SYSTEMD_DIR, left_role, put_text, put_unit_file, render, running, stop_and_disable
+from tasks.settings import nginx_size_bytes
 
 # No dash: systemd reads "nas-ai.slice" as a child of "nas.slice".
 SLICE_PATH = f"{SYSTEMD_DIR}/nasai.slice"
@@ -23,6 +24,13 @@ def engine_config(plan: Plan) -> dict:
         "port": settings.engine_port,
         "api_key": secrets.backend_key(),
         "ready_timeout_s": settings.engine_ready_timeout_s,
+        # The front's bounds on each request; the body bound is the gateway's own.
+        "guard": {
+            "max_body_bytes": nginx_size_bytes(settings.gateway_max_body),
+            "max_tokens": settings.engine_max_tokens or settings.engine_context_size,
+            "max_logprobs": settings.engine_max_logprobs,
+            "max_logit_bias": settings.engine_max_logit_bias,
+        },
         "workers": plan.parallel if settings.engine_server == "llama-cpp-python" else 1,
         "native": {
             "binary": engine.paths(plan)["llama_server"],
@@ -40,20 +48,35 @@ def engine_config(plan: Plan) -> dict:
     }
 
 
+def _config_path(settings) -> str:
+    return f"{settings.system_config_dir}/engine.json"
+
+
 def configure(plan: Plan, engine_changed: bool, model_changed: bool) -> None:
     settings, limits = plan.settings, plan.limits
     paths = engine.paths(plan)
-    config_path = f"{settings.system_config_dir}/engine.json"
+    config_path = _config_path(settings)
     slice_op = put_unit_file("Slice nasai.slice with the stack's limits", render(
         "service/nasai.slice.j2", memory_high=limits.memory_high, memory_max=limits.memory_max,
         cpu_quota_percent=limits.cpu_quota_percent), SLICE_PATH)
     unit_op = put_unit_file(f"Unit {UNIT_NAME}", render(
         "service/nas-ai-engine.service.j2", model_name=plan.model.name, user=settings.system_user,
         app_dir=paths["app"], python=paths["python"], config=config_path, threads=limits.threads,
-        server=settings.engine_server, runtime_dir=RUNTIME_DIR,
+        server=settings.engine_server, runtime_dir=RUNTIME_DIR, firewall_unit=firewall.UNIT_NAME,
+        allowed_addresses=[a for caller in firewall.engine_callers(plan) for a in firewall.addresses_of(caller)],
         ready_timeout=settings.engine_ready_timeout_s), UNIT_PATH)
     # Holds the backend key: readable by the engine's group only.
     config_op = put_text("Engine config", json.dumps(engine_config(plan), indent=2, sort_keys=True) + "\n",
                          config_path, "0640", group=settings.system_user)
     running("Engine running and enabled", UNIT_NAME, unit_files=[slice_op, unit_op],
             restarted=config_op.will_change or engine_changed or model_changed)
+
+
+def remove(plan: Plan) -> None:
+    """A host that left the inference role: the engine stops; its unit, slice and config (the
+    backend key) go. The model store and the engine builds stay for a return."""
+    left_role("Remove the engine from a host that left the inference role", UNIT_PATH, [
+        stop_and_disable(UNIT_NAME),
+        f"rm -f {UNIT_PATH} {SLICE_PATH} {_config_path(plan.settings)}",
+        "systemctl daemon-reload",
+    ])

@@ -29,6 +29,13 @@ SYSTEM_NAME = r"[a-z_][a-z0-9_-]{0,31}"
 MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 SHA256 = r"[0-9a-f]{64}"
 MIB = 1 << 20
+NGINX_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def nginx_size_bytes(size: str) -> int:
+    """An nginx size (`512k`, `1m`) in bytes."""
+    unit = size[-1].lower() if size[-1].isalpha() else ""
+    return int(size[:-1] if unit else size) * NGINX_SIZE_UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,12 @@ SETTINGS: dict[str, Setting] = {
                          minimum=1, maximum=1024),
     "engine_context_size": _s(2048, int, "Context window (prompt + answer) in tokens.", minimum=128, maximum=1 << 20),
     "engine_batch_size": _s(512, int, "Prompt-processing batch size in tokens.", minimum=1, maximum=1 << 16),
+    "engine_max_tokens": _s(None, (int, NONE), "Largest answer a request may ask for (`max_tokens`); larger asks get a 400; default: engine_context_size.",
+                            minimum=1, maximum=1 << 20),
+    "engine_max_logprobs": _s(20, int, "Most log-probabilities per token a request may ask for (`logprobs`, `top_logprobs`, `n_probs`).",
+                              minimum=0, maximum=1000),
+    "engine_max_logit_bias": _s(300, int, "Most `logit_bias` entries a request may send (OpenAI's limit).",
+                                minimum=0, maximum=100000),
     "engine_build_on_host": _s(True, bool, "Let the first host of a CPU profile make the engine (compile, install, prove) when the controller has none for it."),
     "engine_cpu_profile_cap": _s(None, (str, NONE), "Build for at most this CPU level (`x86-64-v3`, `x86-64-v4`, ...), so one build serves a mixed fleet.",
                                  choices=(None,) + CPU_PROFILE_CAPS),

@@ -4,8 +4,16 @@ import asyncio
 import itertools
 import json
 
-from nas_ai_engine import metrics
+import pytest
+from nas_ai_engine import bounds, metrics
 from nas_ai_engine.guard import Guard
+
+KEY = "backend-key"
+LIMITS = bounds.Limits(max_tokens=512, max_logprobs=20, max_logit_bias=300)
+
+
+def _guard(app, health=None, extra_metrics=None, max_body_bytes=1 << 20):
+    return Guard(app, health or {}, KEY, LIMITS, max_body_bytes, extra_metrics)
 
 
 class RecordingApp:
@@ -21,9 +29,10 @@ class RecordingApp:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def _exchange(guard, method, path, chunks=(b"",)) -> list[dict]:
+def _exchange(guard, method, path, chunks=(b"",), key=KEY) -> list[dict]:
     """The ASGI messages `guard` sends for a request whose body arrives in `chunks`."""
     chunks, sent = list(chunks), []
+    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
 
     async def receive():
         chunk = chunks.pop(0)
@@ -32,12 +41,12 @@ def _exchange(guard, method, path, chunks=(b"",)) -> list[dict]:
     async def send(message):
         sent.append(message)
 
-    asyncio.run(guard({"type": "http", "method": method, "path": path}, receive, send))
+    asyncio.run(guard({"type": "http", "method": method, "path": path, "headers": headers}, receive, send))
     return sent
 
 
-def _request(guard, method, path, body=b""):
-    sent = _exchange(guard, method, path, [body[:10], body[10:]])
+def _request(guard, method, path, body=b"", key=KEY):
+    sent = _exchange(guard, method, path, [body[:10], body[10:]], key)
     status = sent[0]["status"]
     payload = json.loads(sent[1]["body"]) if sent[1]["body"] else None
     return status, payload
@@ -45,14 +54,14 @@ def _request(guard, method, path, body=b""):
 
 def test_health_answers_without_the_app():
     app = RecordingApp()
-    status, payload = _request(Guard(app, {"status": "ok", "model": "m"}), "GET", "/health")
+    status, payload = _request(_guard(app, {"status": "ok", "model": "m"}), "GET", "/health")
     assert (status, payload["model"], app.bodies) == (200, "m", [])
 
 
 def test_a_broken_grammar_never_reaches_the_engine():
     app = RecordingApp()
     body = json.dumps({"messages": [], "grammar": "root ::= ((((("}).encode()
-    status, payload = _request(Guard(app, {}), "POST", "/v1/chat/completions", body)
+    status, payload = _request(_guard(app), "POST", "/v1/chat/completions", body)
     assert status == 400
     assert payload["error"]["param"] == "grammar"
     assert "missing `)`" in payload["error"]["message"]
@@ -63,33 +72,132 @@ def test_a_good_request_reaches_the_engine_whole():
     app = RecordingApp()
     body = json.dumps({"messages": [{"role": "user", "content": "hi"}],
                        "grammar": 'root ::= "yes" | "no"'}).encode()
-    status, _ = _request(Guard(app, {}), "POST", "/v1/chat/completions", body)
+    status, _ = _request(_guard(app), "POST", "/v1/chat/completions", body)
     assert status == 200
     assert app.bodies == [body]
 
 
 def test_a_non_string_grammar_is_refused():
     app = RecordingApp()
-    status, payload = _request(Guard(app, {}), "POST", "/v1/completions",
+    status, payload = _request(_guard(app), "POST", "/v1/completions",
                                json.dumps({"prompt": "x", "grammar": {"a": 1}}).encode())
     assert status == 400 and "must be a string" in payload["error"]["message"]
 
 
 def test_a_body_that_is_not_a_json_object_is_refused_before_the_engine():
     app = RecordingApp()
-    status, payload = _request(Guard(app, {}), "POST", "/v1/chat/completions", b"not json at all")
+    status, payload = _request(_guard(app), "POST", "/v1/chat/completions", b"not json at all")
     assert status == 400 and "not valid JSON" in payload["error"]["message"]
-    status, payload = _request(Guard(app, {}), "POST", "/v1/completions", b'["a", "list"]')
+    status, payload = _request(_guard(app), "POST", "/v1/completions", b'["a", "list"]')
     assert status == 400 and "must be a JSON object" in payload["error"]["message"]
     assert app.bodies == []
 
 
-def test_embeddings_get_a_clear_refusal_instead_of_a_500():
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1/embeddings"), ("POST", "/v1/messages"), ("POST", "/v1/responses"), ("POST", "/completion"),
+    ("POST", "/v1/engines/copilot-codex/completions"), ("GET", "/props"), ("POST", "/slots/0?action=save"),
+    ("POST", "/v1/chat/completions/"), ("POST", "/V1/chat/completions"), ("GET", "/"),
+])
+def test_paths_outside_the_allow_list_get_a_json_404_without_the_app(method, path):
     app = RecordingApp()
-    status, payload = _request(Guard(app, {"model": "smollm2"}), "POST", "/v1/embeddings",
-                               json.dumps({"input": "hello"}).encode())
-    assert status == 400 and "serves no embeddings" in payload["error"]["message"]
-    assert app.bodies == []
+    status, payload = _request(_guard(app), method, path, b'{"prompt": "x"}')
+    assert (status, payload["error"]["code"], app.bodies) == (404, "not_found", [])
+    assert "POST /v1/chat/completions" in payload["error"]["message"]
+
+
+def test_a_wrong_method_on_a_served_path_gets_405_naming_the_method():
+    sent = _exchange(_guard(RecordingApp()), "GET", "/v1/chat/completions")
+    assert sent[0]["status"] == 405 and (b"allow", b"POST") in sent[0]["headers"]
+
+
+@pytest.mark.parametrize("key", ["", "wrong", KEY.upper()])
+def test_a_request_without_the_backend_key_is_refused_before_its_body_is_read(key):
+    received = []
+
+    async def receive():
+        received.append(1)
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+    asyncio.run(_guard(RecordingApp())({"type": "http", "method": "POST", "path": "/v1/completions",
+                                         "headers": headers}, receive, send))
+    assert sent[0]["status"] == 401 and received == []
+
+
+def test_models_reach_the_app_with_the_key():
+    assert _request(_guard(RecordingApp()), "GET", "/v1/models")[0] == 200
+
+
+def test_a_body_above_the_bound_is_refused_while_it_arrives():
+    app = RecordingApp()
+    chunks = [b"x" * 600, b"x" * 600, b"never read"]
+    sent = _exchange(_guard(app, max_body_bytes=1000), "POST", "/v1/completions", chunks)
+    assert sent[0]["status"] == 413 and app.bodies == []
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("max_tokens", 513, "from 0 to 512"),
+    ("max_tokens", -1, "from 0 to 512"),
+    ("max_completion_tokens", 10**9, "from 0 to 512"),
+    ("n_predict", -1, "from 0 to 512"),
+    ("max_tokens", "100", "must be an integer"),
+    ("n", 2, "one choice per request"),
+    ("n", True, "one choice per request"),
+    ("logprobs", 21, "from 0 to 20"),
+    ("top_logprobs", 1000, "from 0 to 20"),
+    ("n_probs", -5, "from 0 to 20"),
+    ("logit_bias", {str(token): -100 for token in range(301)}, "301 entries; at most 300"),
+    ("logit_bias", [[token, -100] for token in range(20000)], "20000 entries"),
+    ("logit_bias", "everything", "must be an object"),
+    ("dry_allowed_length", -3, "never negative"),
+    ("top_k", -1, "never negative"),
+    ("repeat_last_n", -2, "-1 for the whole context"),
+    ("mirostat", 3, "0 (off), 1 or 2"),
+    ("top_k", 1.5, "must be an integer"),
+])
+def test_request_fields_beyond_their_bounds_get_a_400_naming_the_field(field, value, reason):
+    app = RecordingApp()
+    body = json.dumps({"prompt": "x", field: value}).encode()
+    status, payload = _request(_guard(app), "POST", "/v1/completions", body)
+    assert (status, payload["error"]["param"], app.bodies) == (400, field, [])
+    assert reason in payload["error"]["message"]
+
+
+@pytest.mark.parametrize("fields", [
+    {"max_tokens": 512, "n": 1, "logprobs": True, "top_logprobs": 20, "logit_bias": {"15": -100}},
+    {"max_tokens": None, "n": None, "logprobs": 5, "repeat_last_n": -1, "dry_penalty_last_n": -1, "top_k": 0},
+    {"mirostat": 2, "n_probs": 0, "dry_allowed_length": 2, "seed": -1},
+])
+def test_requests_within_their_bounds_reach_the_engine_unchanged(fields):
+    app = RecordingApp()
+    body = json.dumps({"prompt": "x", **fields}).encode()
+    assert _request(_guard(app), "POST", "/v1/completions", body)[0] == 200
+    assert app.bodies == [body]
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"[" * 100_000, "nests arrays or objects deeper than 64"),
+    (b'{"prompt": ' + b"[" * 100 + b"]" * 100 + b"}", "nests arrays or objects deeper than 64"),
+    (b'{"prompt": "x", "grammar": "root ::= \\"\\ud800\\""}', "lone UTF-16 surrogate"),
+    (b'{"messages": [{"role": "user", "content": "\\udfff"}]}', "lone UTF-16 surrogate"),
+    (b'{"prompt": "x", "stop": ["\\ud83d"]}', "lone UTF-16 surrogate"),
+])
+def test_hostile_json_gets_a_400_never_a_500(body, reason):
+    app = RecordingApp()
+    status, payload = _request(_guard(app), "POST", "/v1/chat/completions", body)
+    assert (status, app.bodies) == (400, [])
+    assert reason in payload["error"]["message"]
+
+
+def test_a_surrogate_pair_is_a_character_and_passes():
+    app = RecordingApp()
+    body = b'{"messages": [{"role": "user", "content": "\\ud83d\\ude00 hi"}]}'
+    assert _request(_guard(app), "POST", "/v1/chat/completions", body)[0] == 200
 
 
 class StreamingApp:
@@ -114,7 +222,7 @@ def test_metrics_count_a_streamed_request():
     before = (_sample("nas_ai_engine_generated_tokens_total"),
               _sample("nas_ai_engine_time_to_first_token_seconds_count", {"endpoint": "/v1/chat/completions"}),
               _sample("nas_ai_engine_requests_total", {"endpoint": "/v1/chat/completions", "status": "200"}))
-    sent = _exchange(Guard(StreamingApp(), {}), "POST", "/v1/chat/completions", [b'{"messages": [], "stream": true}'])
+    sent = _exchange(_guard(StreamingApp()), "POST", "/v1/chat/completions", [b'{"messages": [], "stream": true}'])
     after = (_sample("nas_ai_engine_generated_tokens_total"),
              _sample("nas_ai_engine_time_to_first_token_seconds_count", {"endpoint": "/v1/chat/completions"}),
              _sample("nas_ai_engine_requests_total", {"endpoint": "/v1/chat/completions", "status": "200"}))
@@ -125,7 +233,7 @@ def test_metrics_count_a_streamed_request():
 
 def test_metrics_endpoint_answers_without_the_app():
     app = RecordingApp()
-    sent = _exchange(Guard(app, {}), "GET", "/metrics")
+    sent = _exchange(_guard(app), "GET", "/metrics")
     assert sent[0]["status"] == 200 and b"nas_ai_engine_requests_in_flight" in sent[1]["body"]
     assert app.bodies == []
 
@@ -146,7 +254,7 @@ class LlamaServerApp:
 
 def test_a_streams_prompt_tokens_come_from_llama_servers_timings():
     before = _sample("nas_ai_engine_prompt_tokens_total")
-    _exchange(Guard(LlamaServerApp(), {}), "POST", "/v1/completions", [b'{"prompt": "x", "stream": true}'])
+    _exchange(_guard(LlamaServerApp()), "POST", "/v1/completions", [b'{"prompt": "x", "stream": true}'])
     assert _sample("nas_ai_engine_prompt_tokens_total") - before == 7
 
 
@@ -154,7 +262,7 @@ def test_the_engines_own_metrics_are_appended():
     async def engine_metrics():
         return b"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 2\n"
 
-    sent = _exchange(Guard(RecordingApp(), {}, engine_metrics), "GET", "/metrics")
+    sent = _exchange(_guard(RecordingApp(), extra_metrics=engine_metrics), "GET", "/metrics")
     body = sent[1]["body"].decode()
     assert "nas_ai_engine_requests_in_flight" in body and body.endswith("llamacpp:requests_processing 2\n")
 
@@ -181,7 +289,7 @@ def test_an_event_split_across_two_body_messages_is_counted_once():
     labels = {"endpoint": "/v1/chat/completions"}
     before = (_sample("nas_ai_engine_generated_tokens_total"),
               _sample("nas_ai_engine_time_to_first_token_seconds_count", labels))
-    _exchange(Guard(SplittingApp(), {}), "POST", "/v1/chat/completions", [b'{"messages": [], "stream": true}'])
+    _exchange(_guard(SplittingApp()), "POST", "/v1/chat/completions", [b'{"messages": [], "stream": true}'])
     after = (_sample("nas_ai_engine_generated_tokens_total"),
              _sample("nas_ai_engine_time_to_first_token_seconds_count", labels))
     assert [a - b for a, b in zip(after, before)] == [3, 1]

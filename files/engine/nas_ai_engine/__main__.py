@@ -15,15 +15,19 @@ def _load(config_path: str) -> dict:
 
 
 def serve(config: dict) -> None:
-    from nas_ai_engine import metrics
+    from nas_ai_engine import bounds, metrics
     from nas_ai_engine.guard import Guard
 
     model, server = config["model"], config["server"]
     metrics.MODEL.info({"model": model["alias"], "sha256": model["sha256"], "server": server})
     info = {"status": "ok", "model": model["alias"], "sha256": model["sha256"], "server": server}
 
+    limits = config["guard"]
+
     def guard(app, extra_metrics=None):
-        return Guard(app, info, extra_metrics)
+        return Guard(app, info, config["api_key"], bounds.Limits(
+            max_tokens=limits["max_tokens"], max_logprobs=limits["max_logprobs"],
+            max_logit_bias=limits["max_logit_bias"]), limits["max_body_bytes"], extra_metrics)
 
     if server == "llama-server" or config.get("workers", 1) > 1:
         import asyncio

@@ -1,25 +1,36 @@
 """ASGI middleware in front of the engine (llama-cpp-python's app, or the proxy to llama-server):
-`/health` and `/metrics` without the engine's request lock, refusal of request fields that would
-crash the engine before they reach it, and the request metrics."""
+`/health` and `/metrics` without the engine's request lock, an allow-list of the OpenAI paths the
+stack serves, the backend key checked before a body is read, refusal of request fields that would
+crash or overload the engine before they reach it, and the request metrics."""
 
+import hmac
 import json
+import re
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nas_ai_engine import metrics
+from nas_ai_engine import bounds, metrics
 from nas_ai_engine.gbnf_check import GrammarError, check
 from nas_ai_engine.sse import DataParser
 
-GUARDED_PATHS = {"/v1/chat/completions", "/v1/completions"}
-MAX_BODY_BYTES = 8 * 1024 * 1024
+# path -> method: everything the engine serves besides /health and /metrics. Every other path of
+# either engine (llama-server's /completion, /v1/messages, /props, llama-cpp-python's
+# /v1/engines/...) is a 404 here, so no generation goes around the guard, its tickets or metrics.
+ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
+GUARDED_PATHS = {path for path, method in ROUTES.items() if method == "POST"}
+NOT_FOUND = ("not found: this service answers POST /v1/chat/completions, POST /v1/completions, "
+             "GET /v1/models and GET /health")
+MAX_JSON_DEPTH = 64
+# A \u escape of a UTF-16 surrogate: only then can a parsed string hold a lone one.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-async def _send_json(send, status: int, payload: dict) -> None:
+async def _send_json(send, status: int, payload: dict, headers=()) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -28,32 +39,43 @@ def _invalid(message: str, param: str | None) -> dict:
                       "code": None}}
 
 
+def _error(message: str, code: str) -> dict:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+
+
 class Guard:
-    def __init__(self, app, health: dict, extra_metrics=None):
+    def __init__(self, app, health: dict, api_key: str, limits: bounds.Limits, max_body_bytes: int,
+                 extra_metrics=None):
         self.app = app
         self.health = health
+        self.authorization = f"Bearer {api_key}".encode()
+        self.limits, self.max_body_bytes = limits, max_body_bytes
         self.extra_metrics = extra_metrics  # async () -> bytes: the engine's own exposition text
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] == "/health" and scope["method"] in ("GET", "HEAD"):
+        path, method = scope["path"], scope["method"]
+        if path == "/health" and method in ("GET", "HEAD"):
             # Answered here, never behind llama-cpp-python's lock: the model loaded and warmed
             # up before the port opened, so an answer means ready.
             return await _send_json(send, 200, self.health)
-        if scope["path"] == "/metrics" and scope["method"] == "GET":
+        if path == "/metrics" and method == "GET":
             body = generate_latest(metrics.REGISTRY)
             if self.extra_metrics is not None:
                 body += await self.extra_metrics()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})
             return await send({"type": "http.response.body", "body": body})
-        if scope["path"] == "/v1/embeddings":
-            # The chat model is loaded for generation; llama-cpp-python would answer with a 500.
-            return await _send_json(send, 400, _invalid(
-                f"model `{self.health.get('model')}` on this service serves no embeddings; "
-                "it generates text through /v1/chat/completions and /v1/completions", "model"))
-        if scope["method"] != "POST" or scope["path"] not in GUARDED_PATHS:
+        if path not in ROUTES:
+            return await _send_json(send, 404, _error(NOT_FOUND, "not_found"))
+        if method != ROUTES[path]:
+            return await _send_json(send, 405, _error(f"{path} takes {ROUTES[path]} alone", "method_not_allowed"),
+                                    [(b"allow", ROUTES[path].encode())])
+        # Before the body is read: a caller without the key makes the front parse nothing.
+        if not hmac.compare_digest(dict(scope.get("headers") or []).get(b"authorization", b""), self.authorization):
+            return await _send_json(send, 401, _error("missing or wrong backend key", "invalid_api_key"))
+        if path not in GUARDED_PATHS:
             return await self.app(scope, receive, send)
 
         chunks, size, more = [], 0, True
@@ -63,13 +85,14 @@ class Guard:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                return await _send_json(send, 413, _invalid("request body too large", None))
+            if size > self.max_body_bytes:
+                return await _send_json(send, 413, _invalid(
+                    f"request body larger than {self.max_body_bytes} bytes", None))
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        endpoint = scope["path"]
-        refusal = _refusal(body)
+        endpoint = path
+        refusal = _refusal(body, self.limits)
         if refusal:
             metrics.REQUESTS.labels(endpoint, "400").inc()
             return await _send_json(send, 400, refusal)
@@ -147,13 +170,59 @@ class _ResponseObserver:
             metrics.PROMPT_TOKENS.inc(self.timings.get("prompt_n", 0))
 
 
-def _refusal(body: bytes) -> dict | None:
+def _depth(value) -> int:
+    """How deeply arrays and objects nest in `value`, without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        pending.extend((item, depth + 1) for item in value)
+    return deepest
+
+
+def _has_lone_surrogate(value) -> bool:
+    pending = [value]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+def _refusal(body: bytes, limits: bounds.Limits) -> dict | None:
+    """A 400's payload for a request the engine must not see, else None. Neither engine may get
+    what it would answer with a 500 or a crash."""
     try:
         request = json.loads(body)
-    except ValueError as error:  # both engines would answer 500
+    except RecursionError:
+        return _invalid(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH}", None)
+    except ValueError as error:
         return _invalid(f"the request body is not valid JSON: {error}", None)
     if not isinstance(request, dict):
         return _invalid("the request body must be a JSON object", None)
+    if _depth(request) > MAX_JSON_DEPTH:
+        return _invalid(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH}", None)
+    if SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(request):
+        return _invalid("the request body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF without its pair), "
+                        "which is no character", None)
+    try:
+        bounds.check(request, limits)
+    except bounds.OutOfBounds as error:
+        return _invalid(str(error), error.field)
     grammar = request.get("grammar")
     if grammar is None:
         return None

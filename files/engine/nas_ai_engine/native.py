@@ -61,7 +61,9 @@ class Upstream:
                 return
             body.append(message.get("body", b""))
             more = message.get("more_body", False)
-        target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
+        # The guard's path, one of its allow-list, never the raw one: an encoded variant
+        # (`/v1/chat%2Fcompletions`) could reach another handler of the engine.
+        target = scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         request = (scope["method"], target, scope["headers"], b"".join(body))
