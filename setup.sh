@@ -10,15 +10,15 @@ fi
 
 packages=(systemd-container debootstrap iptables iproute2 qemu-system-x86 qemu-utils e2fsprogs
           nginx-light openssl python3-venv openssh-client ca-certificates gpg curl
-          prometheus prometheus-alertmanager mtail)
+          prometheus prometheus-alertmanager mtail nftables)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}" >&2
-    # nginx, prometheus, alertmanager and mtail are here for their checkers in the tests (nginx -t,
-    # promtool, amtool, mtail --one_shot): keep Debian from starting them on this machine.
+    # nginx, prometheus, alertmanager, mtail and nftables are here for their checkers in the tests (nginx -t,
+    # promtool, amtool, mtail --one_shot, nft --check): keep Debian from starting them on this machine.
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     apt-get update -qq

@@ -1,36 +1,66 @@
-"""Host firewall (nftables): the engine's port accepts its callers (gateways, Prometheus), the
-exporters' ports accept Prometheus, each also loopback; nothing else reaches them."""
+"""Host firewall (nftables), IPv4 and IPv6: every port the stack opens is in the table. The
+engine's port accepts its callers (gateways, Prometheus), the exporters' ports accept Prometheus,
+each also loopback; the gateway's ports are open; the ports of services bound to loopback
+(Prometheus, Alertmanager, Grafana, nginx's status) accept loopback alone, so a listener moved to
+the LAN by mistake is still closed."""
 
 import ipaddress
 import socket
 
 from pyinfra.operations import apt
 
-from tasks import topology
+from tasks import gateway, topology
 from tasks.plan import Plan
 from tasks.rendering import SYSTEMD_DIR, install_checked, put_unit_file, render, running
+from tasks.settings import DeployError
 
 UNIT_NAME = "nas-ai-firewall.service"
 NODE_EXPORTER_PORT = 9100
 NGINX_EXPORTER_PORT = 9113
 GATEWAY_LOG_EXPORTER_PORT = 3903  # mtail, reading the gateway's access log
+PROMETHEUS_PORT = 9090
+ALERTMANAGER_PORT = 9093
+EVERYONE = None  # the sources of a port open to the LAN
 
 
-def _ipv4(address: str) -> str:
+def addresses_of(name: str) -> list[str]:
+    """The IPv4 and IPv6 addresses of an address or a host name (nftables wants addresses)."""
     try:
-        return str(ipaddress.IPv4Address(address))
+        return [str(ipaddress.ip_address(name))]
     except ValueError:
-        return socket.gethostbyname(address)  # a host named by DNS: nftables wants addresses
+        pass
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as error:
+        raise DeployError(f"host `{name}` does not resolve to an address ({error.strerror}): set its "
+                          "engine_lan_address or ssh_hostname to an IP address") from None
+    return sorted({str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in found})
 
 
 def rules(ports: list[dict]) -> str:
-    """ports: [{"number", "sources" (addresses), "why"}]"""
-    return render("firewall/nas-ai.nft.j2", ports=[
-        dict(port, sources=sorted({_ipv4(a) for a in port["sources"]})) for port in ports])
+    """ports: [{"number", "sources" (addresses or names; EVERYONE: open), "why"}]"""
+    rendered = []
+    for port in ports:
+        if port["sources"] is EVERYONE:
+            rendered.append(dict(port, open=True, ipv4=[], ipv6=[]))
+            continue
+        found = {ipaddress.ip_address(a) for source in port["sources"] for a in addresses_of(source)}
+        rendered.append(dict(port, open=False, ipv4=sorted(str(a) for a in found if a.version == 4),
+                             ipv6=sorted(str(a) for a in found if a.version == 6)))
+    return render("firewall/nas-ai.nft.j2", ports=rendered)
 
 
 def _addresses(hosts) -> list[str]:
     return [topology.lan_address(h) for h in hosts]
+
+
+def engine_callers(plan: Plan) -> list[str]:
+    """Who may reach the engine's port besides loopback: the gateways and Prometheus, and the host
+    itself on its LAN address (the unit's readiness probe calls the address it binds)."""
+    if plan.bind_address == "127.0.0.1":
+        return []
+    callers = topology.gateway_hosts() + topology.monitoring_hosts()
+    return sorted(set(_addresses(callers)) | {plan.bind_address})
 
 
 def ports(plan: Plan) -> list[dict]:
@@ -39,15 +69,25 @@ def ports(plan: Plan) -> list[dict]:
     opened = [{"number": NODE_EXPORTER_PORT, "sources": monitoring,
                "why": "node_exporter answers Prometheus alone"}]
     if plan.gateway:
+        opened.append({"number": settings.gateway_port, "sources": EVERYONE,
+                       "why": "the gateway: every client, each with its API key"})
+        if settings.gateway_tls:
+            opened.append({"number": settings.gateway_tls_port, "sources": EVERYONE,
+                           "why": "the gateway over TLS: every client, each with its API key"})
+        opened.append({"number": int(gateway.STUB_STATUS_ADDRESS.rsplit(":", 1)[1]), "sources": [],
+                       "why": "nginx's status page, read by the exporter on this host"})
         opened.append({"number": NGINX_EXPORTER_PORT, "sources": monitoring,
                        "why": "the nginx exporter answers Prometheus alone"})
         opened.append({"number": GATEWAY_LOG_EXPORTER_PORT, "sources": monitoring,
                        "why": "mtail (the gateway's answers by status) answers Prometheus alone"})
+    if plan.monitoring:
+        opened.append({"number": PROMETHEUS_PORT, "sources": [], "why": "Prometheus: loopback, over SSH"})
+        opened.append({"number": ALERTMANAGER_PORT, "sources": [], "why": "Alertmanager: loopback, over SSH"})
+        if settings.monitoring_grafana:
+            opened.append({"number": settings.monitoring_grafana_port, "sources": [],
+                           "why": "Grafana: loopback, over SSH"})
     if plan.inference:
-        bound_to_loopback = plan.bind_address == "127.0.0.1"
-        callers = topology.gateway_hosts() + topology.monitoring_hosts()
-        opened.append({"number": settings.engine_port,
-                       "sources": [] if bound_to_loopback else _addresses(callers),
+        opened.append({"number": settings.engine_port, "sources": engine_callers(plan),
                        "why": "the engine answers the gateways and Prometheus alone"})
     return opened
 

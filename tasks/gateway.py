@@ -10,12 +10,14 @@ from pyinfra.operations import apt, files, server
 
 from tasks import secrets, topology
 from tasks.plan import Plan
-from tasks.rendering import install_checked, put_text, render, running
+from tasks.rendering import install_checked, left_role, put_text, render, running
 from tasks.settings import DeployError, check_value
 
 CONF_PATH = "/etc/nginx/conf.d/nas-ai.conf"
 PRIVATE_DIR = "/etc/nginx/nas-ai"
 KEYS_FILE = f"{PRIVATE_DIR}/api-keys.map"
+# 24 characters of a random base64 key hold 144 bits: guessing is hopeless at any rate.
+MIN_KEY_CHARACTERS = 24
 # nginx's connection counts for its exporter, on loopback only.
 STUB_STATUS_ADDRESS = "127.0.0.1:8081"
 # JSON lines, read by mtail for the gateway's answers by status (tasks/monitoring.py).
@@ -50,10 +52,11 @@ def clients(api_keys: dict, settings) -> list[Client]:
             raise DeployError(f"gateway_api_keys[{name!r}]: unknown {', '.join(sorted(unknown))}; a client takes "
                               f"key, {', '.join(CLIENT_LIMITS)}")
         key = entry.get("key")
-        if not (isinstance(key, str) and len(key) >= 16 and key.isascii() and key.isprintable() and " " not in key
-                and '"' not in key and "\\" not in key):
-            raise DeployError(f"gateway_api_keys[{name!r}] must be a string of 16 or more printable ASCII "
-                              "characters without spaces, quotes or backslashes (HTTP clients send no others)")
+        if not (isinstance(key, str) and len(key) >= MIN_KEY_CHARACTERS and key.isascii() and key.isprintable()
+                and " " not in key and '"' not in key and "\\" not in key):
+            raise DeployError(f"gateway_api_keys[{name!r}] must be a string of {MIN_KEY_CHARACTERS} or more printable "
+                              "ASCII characters without spaces, quotes or backslashes (HTTP clients send no others); "
+                              "make one with: python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(24))'")
         limits = {}
         for limit, setting in CLIENT_LIMITS.items():
             limits[limit] = entry.get(limit, getattr(settings, setting))
@@ -111,7 +114,7 @@ def site_config(settings, clients: list[Client], upstreams: list[str], backend_k
 
 def upstreams(plan: Plan) -> list[str]:
     port = plan.settings.engine_port
-    return [f"{topology.address_from(engine, plan.host)}:{port}" for engine in topology.inference_hosts()]
+    return [topology.host_port(topology.address_from(engine, plan.host), port) for engine in topology.inference_hosts()]
 
 
 def check(settings) -> None:
@@ -161,3 +164,13 @@ def configure(plan: Plan) -> None:
     site = install_checked("nginx site nas-ai", site_text, CONF_PATH, "nginx -t -q", mode="0600")
     running("nginx running and enabled", "nginx.service",
             reloaded=keys.will_change or default_site.will_change or site.will_change)
+
+
+def remove(plan: Plan) -> None:
+    """A host that left the gateway role: its site, keys and TLS files go, so no key answers there;
+    nginx stops unless it serves other sites of the host (a NAS's own web UI may run on it)."""
+    left_role("Remove the gateway from a host that left the gateway role", CONF_PATH, [
+        f"rm -rf {CONF_PATH} {PRIVATE_DIR}",
+        ("if ls /etc/nginx/sites-enabled/* /etc/nginx/conf.d/*.conf >/dev/null 2>&1; then "
+         "systemctl reload nginx || true; else systemctl disable --now nginx; fi"),
+    ])

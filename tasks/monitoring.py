@@ -8,7 +8,16 @@ from pyinfra.operations import apt
 from tasks import firewall, topology
 from tasks.gateway import ACCESS_LOG, STUB_STATUS_ADDRESS
 from tasks.plan import Plan
-from tasks.rendering import SYSTEMD_DIR, install_checked, put_text, put_unit_file, render, running
+from tasks.rendering import (
+    SYSTEMD_DIR,
+    install_checked,
+    left_role,
+    put_text,
+    put_unit_file,
+    render,
+    running,
+    stop_and_disable,
+)
 
 RULES_FILE = "/etc/prometheus/nas-ai.rules.yml"
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
@@ -16,8 +25,8 @@ ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 MTAIL_PROGRAM = "/etc/mtail/nas-ai-gateway.mtail"
 # Neither has authentication: both listen on loopback alone, for Grafana beside them and for an
 # operator's SSH tunnel. Alertmanager runs alone, without its cluster port.
-PROMETHEUS_ADDRESS = "127.0.0.1:9090"
-ALERTMANAGER_ADDRESS = "127.0.0.1:9093"
+PROMETHEUS_ADDRESS = f"127.0.0.1:{firewall.PROMETHEUS_PORT}"
+ALERTMANAGER_ADDRESS = f"127.0.0.1:{firewall.ALERTMANAGER_PORT}"
 # The units node_exporter reports on: the stack's and the ones it stands on.
 WATCHED_UNITS = r"(nas-ai-engine|nas-ai-firewall|nginx|prometheus|prometheus-alertmanager|ssh)\.service"
 
@@ -59,6 +68,12 @@ def exporters(plan: Plan) -> None:
                       f"-nginx.scrape-uri=http://{STUB_STATUS_ADDRESS}/stub_status "
                       f"-web.listen-address=:{firewall.NGINX_EXPORTER_PORT}", NGINX_EXPORTER_DROP_IN)
         _gateway_log_exporter()
+    else:
+        left_role("Stop the gateway's exporters on a host that left the gateway role", MTAIL_PROGRAM, [
+            stop_and_disable("mtail", "prometheus-nginx-exporter"),
+            f"rm -rf {MTAIL_PROGRAM} {SYSTEMD_DIR}/prometheus-nginx-exporter.service.d",
+            "systemctl daemon-reload",
+        ])
 
 
 def _gateway_log_exporter() -> None:
@@ -81,7 +96,7 @@ def _target(plan: Plan, target, port: int, via_engine_address: bool = False) -> 
         address = topology.address_from(target, plan.host)
     else:
         address = topology.lan_address(target)
-    return {"address": f"{address}:{port}", "node": target.name}
+    return {"address": topology.host_port(address, port), "node": target.name}
 
 
 def scrape_jobs(plan: Plan) -> dict[str, list[dict]]:
@@ -123,3 +138,12 @@ def server(plan: Plan) -> None:
             reloaded=alert_rules.will_change or config.will_change)
     running("Alertmanager running and enabled", "prometheus-alertmanager.service", restarted=alerting_flags.will_change,
             reloaded=alerting.will_change)
+
+
+def remove_server(plan: Plan) -> None:
+    """A host that left the monitoring role: Prometheus and Alertmanager stop, their configs (the
+    targets, the webhook) go. Samples already kept stay in /var/lib/prometheus."""
+    left_role("Remove Prometheus and Alertmanager from a host that left the monitoring role", RULES_FILE, [
+        stop_and_disable("prometheus", "prometheus-alertmanager"),
+        f"rm -f {RULES_FILE} {PROMETHEUS_CONFIG} {ALERTMANAGER_CONFIG}",
+    ])

@@ -72,3 +72,8 @@ def address_from(target, client: str) -> str:
     if bind == "127.0.0.1" and target.name != client:
         raise DeployError(f"{target.name} binds to loopback but {client} must reach it")
     return bind
+
+
+def host_port(address: str, port: int) -> str:
+    """`address:port`, an IPv6 address in brackets (as nginx, Prometheus and URLs want it)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -152,3 +152,30 @@ def test_engine_refuses_requests_without_the_backend_key(scenario):
     assert http_from(gateway_host, url)[0] == 401
     status, body = http_from(gateway_host, url, {"Authorization": f"Bearer {secrets.backend_key()}"})
     assert status == 200 and json.loads(body)["data"][0]["id"] == "smollm2-135m-instruct"
+
+
+def test_the_engine_front_serves_its_allow_list_alone(scenario):
+    """Behind the gateway too: a caller with the backend key gets a JSON 404 for every other path
+    of either engine, so nothing generates around the guard."""
+    gateway_host = lab_host(scenario.gateways[0])
+    address, port = _remote_engine(scenario)
+    key = {"Authorization": f"Bearer {secrets.backend_key()}"}
+    for path in ("/props", "/slots", "/v1/messages", "/v1/responses", "/completion", "/tokenize",
+                 "/v1/engines/copilot-codex/completions", "/v1/embeddings"):
+        status, body = http_from(gateway_host, f"http://{address}:{port}{path}", key)
+        assert (status, json.loads(body)["error"]["code"]) == (404, "not_found"), (path, body)
+
+
+def test_the_engine_stops_with_its_firewall(scenario):
+    """No engine without its firewall table: stopping the firewall's unit stops the engine."""
+    name = scenario.hosts[-1]
+    host = lab_host(name)
+    assert "BindsTo=nas-ai-firewall.service" in host.check_output("systemctl show -p BindsTo nas-ai-engine")
+    try:
+        host.check_output("systemctl stop nas-ai-firewall")
+        assert host.run("systemctl is-active nas-ai-engine").stdout.strip() in ("inactive", "deactivating")
+        assert host.run("nft list table inet nas_ai").rc != 0
+    finally:
+        # Back as the deploy left it: the table, then the engine (active once it answers).
+        host.check_output("systemctl start nas-ai-firewall nas-ai-engine")
+    assert host.service("nas-ai-engine").is_running

@@ -46,10 +46,16 @@ def test_models_lists_the_served_model(client):
     assert [model.id for model in client.models.list()] == [MODEL]
 
 
-def test_embeddings_get_a_clear_error(client):
-    with pytest.raises(openai.BadRequestError) as refused:
+def test_embeddings_get_a_404_that_lists_what_is_served(client):
+    with pytest.raises(openai.NotFoundError) as refused:
         client.embeddings.create(model=MODEL, input="hello")
-    assert "serves no embeddings" in str(refused.value)
+    assert "POST /v1/chat/completions" in str(refused.value)
+
+
+def test_a_request_beyond_a_bound_gets_a_400_naming_the_field(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, n=3, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+    assert refused.value.body["param"] == "n" and "one choice per request" in refused.value.body["message"]
 
 
 def test_requests_spread_over_both_nodes(client, deployment):

@@ -80,7 +80,7 @@ def test_settings_keep_grafana_private(monkeypatch, tmp_path):
     monkeypatch.setattr(grafana.secrets, "GRAFANA_PASSWORD_FILE", tmp_path / "grafana-admin-password")
     lines = dict(line.split("=", 1) for line in grafana.environment(_settings(monitoring_grafana_port=3300))
                  .splitlines() if line and not line.startswith("#"))
-    assert lines["GF_SERVER_HTTP_PORT"] == "3300"
+    assert (lines["GF_SERVER_HTTP_ADDR"], lines["GF_SERVER_HTTP_PORT"]) == ("127.0.0.1", "3300")
     assert lines["GF_ANALYTICS_REPORTING_ENABLED"] == "false" and lines["GF_ANALYTICS_CHECK_FOR_UPDATES"] == "false"
     assert len(lines["GF_SECURITY_ADMIN_PASSWORD"]) >= 24
     assert (tmp_path / "grafana-admin-password").stat().st_mode & 0o077 == 0

@@ -1,6 +1,7 @@
 """Every template renders, and what it renders passes its daemon's own check."""
 
 import contextlib
+import json
 import re
 import shutil
 import socket
@@ -76,9 +77,9 @@ def test_api_keys_are_never_in_the_site_config(tmp_path):
 
 
 @pytest.mark.parametrize("keys, message", [
-    ({"alice": "short"}, "16 or more printable ASCII characters"),
-    ({"alice": "sk-clé-0123456789abcdef"}, "16 or more printable ASCII characters"),
-    ({"alice": 'sk-with"quote-0123456789'}, "without spaces, quotes"),
+    ({"alice": "short"}, "24 or more printable ASCII characters"),
+    ({"alice": "sk-clé-0123456789abcdef"}, "24 or more printable ASCII characters"),
+    ({"alice": 'sk-with"quote-0123456789abc'}, "without spaces, quotes"),
     ({"al ice": "sk-0123456789abcdef"}, "client name"),
     ({}, "gateway_api_keys is empty"),
 ])
@@ -110,7 +111,7 @@ def test_each_client_gets_its_own_limits(tmp_path):
     ({"key": "sk-bob-0123456789abcdefg", "rate_per_minute": 0}, r"\['bob'\]\['rate_per_minute'\] is 0; it must be at least 1"),
     ({"key": "sk-bob-0123456789abcdefg", "concurrent": "2"}, r"\['concurrent'\] must be int"),
     ({"key": "sk-bob-0123456789abcdefg", "rate": 5}, "unknown rate; a client takes key, rate_per_minute"),
-    ({"rate_per_minute": 5}, "must be a string of 16 or more"),
+    ({"rate_per_minute": 5}, "must be a string of 24 or more"),
 ])
 def test_bad_client_limits_are_refused(entry, message):
     with pytest.raises(DeployError, match=message):
@@ -118,13 +119,30 @@ def test_bad_client_limits_are_refused(entry, message):
 
 
 def test_firewall_opens_each_port_to_its_callers_only():
-    rules = firewall.rules([{"number": 8080, "sources": ["10.213.0.11", "10.213.0.11"], "why": "engine"},
-                            {"number": 9100, "sources": [], "why": "node_exporter"}])
+    rules = firewall.rules([{"number": 8080, "sources": ["10.213.0.11", "10.213.0.11", "fd00::12"], "why": "engine"},
+                            {"number": 9100, "sources": [], "why": "node_exporter"},
+                            {"number": 80, "sources": firewall.EVERYONE, "why": "gateway"}])
     assert 'ip saddr { 10.213.0.11 } tcp dport 8080 accept' in rules
+    assert 'ip6 saddr { fd00::12 } tcp dport 8080 accept' in rules
     assert "tcp dport 8080 reject with tcp reset" in rules
     assert 'iif "lo" tcp dport 9100 accept' in rules and "tcp dport 9100 reject with tcp reset" in rules
-    assert "ip saddr {  }" not in rules
+    assert "\n        tcp dport 80 accept\n" in rules and "dport 80 reject" not in rules
+    assert "saddr {  }" not in rules
     assert "flush ruleset" not in rules  # other tables of the host are left alone
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed here")
+def test_firewall_rules_pass_nft_check(tmp_path):
+    rules = tmp_path / "rules.nft"
+    rules.write_text(firewall.rules([{"number": 8080, "sources": ["10.213.0.11", "fd00::12"], "why": "engine"},
+                                     {"number": 80, "sources": firewall.EVERYONE, "why": "gateway"}]))
+    result = subprocess.run(["nft", "--check", "-f", str(rules)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_host_name_that_does_not_resolve_is_a_deploy_error_naming_it():
+    with pytest.raises(DeployError, match="`nas-nowhere.invalid` does not resolve"):
+        firewall.addresses_of("nas-nowhere.invalid")
 
 
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool is not installed here")
@@ -156,7 +174,11 @@ def test_engine_unit_is_hardened(tmp_path):
     unit.write_text(render("service/nas-ai-engine.service.j2", model_name="m", user="nas-ai",
                            app_dir="/opt/nas-ai/engine/app", python="/usr/bin/python3",
                            config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300,
-                           server="llama-server", runtime_dir="nas-ai-engine"))
+                           server="llama-server", runtime_dir="nas-ai-engine",
+                           firewall_unit="nas-ai-firewall.service", allowed_addresses=["10.213.0.11", "fd00::12"]))
+    text = unit.read_text()
+    assert "BindsTo=nas-ai-firewall.service" in text
+    assert "IPAddressDeny=any\nIPAddressAllow=localhost 10.213.0.11 fd00::12\n" in text
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
                              "--no-pager", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]
@@ -209,7 +231,7 @@ def test_a_running_nginx_limits_each_client_by_its_own_zone(tmp_path):
     misread (`default`, a keyword of its maps; `n8n`, whose escaped form starts with \\n) are
     limited like any other."""
     slow = {"rate_per_minute": 2, "rate_burst": 0}
-    keys = {"default": {"key": "sk-default-0123456789abcdef", **slow}, "n8n": {"key": "sk-n8n-0123456789abcdef", **slow},
+    keys = {"default": {"key": "sk-default-0123456789abcdef", **slow}, "n8n": {"key": "sk-n8n-0123456789abcdefg", **slow},
             "alice": "sk-alice-0123456789abcdef"}
     with _running_gateway(tmp_path, {}, keys) as settings:
         url = f"http://127.0.0.1:{settings.gateway_port}/v1/models"
@@ -244,6 +266,23 @@ def test_a_running_nginx_slows_key_guessing_by_address_alone(tmp_path):
         assert headers.get("Retry-After") == "6"  # one request's worth of 10 a minute
         assert "without a valid API key from this address" in body
         assert _answer(url, key)[0] == 503  # a client with its key is not slowed
+
+
+@needs_nginx
+def test_a_running_nginx_forwards_the_allow_list_alone(tmp_path):
+    """Served paths reach the (absent) engine: 503; every other path, encoded or dotted variants
+    of served ones included, is a JSON 404 at the gateway, with a valid key too."""
+    key = "sk-alice-0123456789abcdef"
+    with _running_gateway(tmp_path, {}, {"alice": key}) as settings:
+        base = f"http://127.0.0.1:{settings.gateway_port}"
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/chat//completions"):
+            assert _answer(base + path, key)[0] == 503, path
+        for path in ("/v1/messages", "/v1/responses", "/v1/embeddings", "/v1/engines/copilot-codex/completions",
+                     "/completion", "/props", "/slots", "/metrics", "/v1/models/../messages",
+                     "/v1/completions%2F..%2Fmessages", "/v1/chat/completions/", "/V1/models", "/v1/"):
+            status, headers, body = _answer(base + path, key)
+            assert (status, json.loads(body)["error"]["code"]) == (404, "not_found"), path
+            assert headers["Content-Type"] == "application/json"
 
 
 @needs_nginx
