@@ -11,9 +11,16 @@ if plan.inference:
 firewall.configure(plan)           # engine and exporter ports open to their callers alone
 if plan.inference:
     service.configure(plan, engine_changed, model_changed)  # slice limits, hardened unit
+else:
+    service.remove(plan)           # a host that left a role loses its services, configs, secrets
 if plan.gateway:
     gateway.configure(plan)        # nginx: keys, limits, streaming, least_conn upstream
+else:
+    gateway.remove(plan)
 monitoring.exporters(plan)         # node_exporter everywhere, nginx exporter and mtail on gateways
 if plan.monitoring:
     monitoring.server(plan)        # Prometheus and Alertmanager, targets from the inventory
     grafana.install(plan)          # Grafana with the datasource and dashboard provisioned
+else:
+    monitoring.remove_server(plan)
+    grafana.remove(plan)

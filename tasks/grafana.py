@@ -10,7 +10,7 @@ from pyinfra.operations import apt, files, server
 
 from tasks import dashboard, monitoring, secrets
 from tasks.plan import Plan
-from tasks.rendering import SYSTEMD_DIR, put_text, put_unit_file, render, running
+from tasks.rendering import SYSTEMD_DIR, left_role, put_text, put_unit_file, render, running, stop_and_disable
 from tasks.settings import DeployError
 
 # Grafana Labs' APT signing key (https://apt.grafana.com, rotated 2023). A key served with another
@@ -110,3 +110,14 @@ def install(plan: Plan) -> None:
     put_text("Grafana dashboard nas-ai", dashboard.to_json(), f"{DASHBOARDS_DIR}/nas-ai.json", "0644")
     running("Grafana running and enabled", "grafana-server.service", unit_files=[drop_in],
             restarted=any(op.will_change for op in provisioned))
+
+
+def remove(plan: Plan) -> None:
+    """A host that left the monitoring role: Grafana stops; its settings (the admin password), the
+    provisioning and the dashboard go."""
+    left_role("Remove Grafana from a host that left the monitoring role", ENVIRONMENT_FILE, [
+        stop_and_disable("grafana-server"),
+        (f"rm -rf {ENVIRONMENT_FILE} {PROVISIONING}/datasources/nas-ai.yaml {PROVISIONING}/dashboards/nas-ai.yaml "
+         f"{DASHBOARDS_DIR} {SYSTEMD_DIR}/grafana-server.service.d/nas-ai.conf"),
+        "systemctl daemon-reload",
+    ])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jinja2
 from pyinfra import host
-from pyinfra.facts.files import Sha256File
+from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations import files, server, systemd
 
 FILES = Path(__file__).parent.parent / "files"
@@ -75,3 +75,15 @@ def running(name: str, unit: str, unit_files=(), restarted: bool = False, reload
     restart = restarted or unit_changed
     return systemd.service(name=name, service=unit, running=True, enabled=True, daemon_reload=unit_changed,
                            restarted=restart, reloaded=reloaded and not restart)
+
+
+def left_role(name: str, marker: str, commands: list[str]) -> None:
+    """Undo a role on a host that no longer has it: `commands` run once, while `marker` (a file the
+    role installs) is there, so a host that never had the role, or already left it, sees no change."""
+    if host.get_fact(File, path=marker):
+        server.shell(name=name, commands=["set -e", *commands])
+
+
+def stop_and_disable(*units: str) -> str:
+    """A shell command: the units stopped and disabled, those not installed ignored."""
+    return f"for unit in {' '.join(units)}; do systemctl disable --now $unit 2>/dev/null || true; done"
