@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DIRECT_PORT = 18090
 DIRECT_UNIT = "nas-ai-bench-llama-server"
+DIRECT_ENVIRONMENT = "/run/nas-ai-bench-llama-server.env"
 PROMPTS = [
     "Explain in detail how a home NAS protects files against a failing disk.",
     "Write a friendly email inviting the office to a Friday lunch, with the menu.",
@@ -186,14 +187,23 @@ def machine(host: Host) -> dict[str, str]:
     return {"cpu": facts[0], "cpus": facts[1], "memory": facts[2], "kernel": facts[3], "slice_cpu_quota": facts[4]}
 
 
-def start_direct(host: Host, config: dict, parallel: int) -> str:
-    """llama-server with the engine's own arguments, on the host's LAN address, in the stack's slice."""
-    direct = dict(config, native=dict(config["native"], parallel=parallel, socket="0.0.0.0"))
+def start_direct(host: Host, config: dict, parallel: int, address: str) -> tuple[str, str]:
+    """llama-server with the engine's own arguments, on the host's LAN address, in the stack's
+    slice, for the run alone: with a key of its own (generated on the host, in a 0600 file its
+    unit reads, never on a command line) and, where cgroup v2 enforces it, open to this
+    controller alone. Returns its arguments and its key."""
+    direct = dict(config, native=dict(config["native"], parallel=parallel, socket=address))
     command = native.command(direct) + ["--port", str(DIRECT_PORT)]
+    # This controller as the host sees it (sudo would drop SSH_CLIENT).
+    controller = ssh.run_on(host.name, "echo ${SSH_CLIENT%% *}", check=True, ssh_config=host.ssh_config).stdout.strip()
+    host.run(f"umask 077; printf 'LLAMA_API_KEY=%s\\n' \"$(head -c 24 /dev/urandom | base64 | tr -d '/+=')\" "
+             f"> {DIRECT_ENVIRONMENT}")
+    key = host.run(f"sed -n 's/^LLAMA_API_KEY=//p' {DIRECT_ENVIRONMENT}").strip()
     host.run(f"systemctl stop {DIRECT_UNIT} 2>/dev/null; systemctl reset-failed {DIRECT_UNIT} 2>/dev/null; "
              f"systemd-run --quiet --unit={DIRECT_UNIT} --slice=nasai.slice --uid=nas-ai "
+             f"-p EnvironmentFile={DIRECT_ENVIRONMENT} -p IPAddressDeny=any -p 'IPAddressAllow=127.0.0.0/8 ::1 {controller}' "
              f"{' '.join(shlex.quote(word) for word in command)}", check=False)
-    return " ".join(command[1:])
+    return " ".join(command[1:]), key
 
 
 def wait_healthy(url: str, timeout: float = 300) -> None:
@@ -270,17 +280,21 @@ def main() -> None:
           f"llama-bench: prompt {raw['prompt']:.0f} tokens/s, generation {raw['generation']:.0f} tokens/s "
           f"({raw['generation'] / ceiling:.0%} of the ceiling)")
 
-    direct_arguments = start_direct(host, config, parallel)
+    direct_arguments, direct_key = start_direct(host, config, parallel, address)
     print(f"direct: llama-server {direct_arguments}")
     rows = []
     try:
         wait_healthy(f"http://{address}:{DIRECT_PORT}")
+        refused = httpx.post(f"http://{address}:{DIRECT_PORT}/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                             timeout=30)
+        if refused.status_code != 401:  # its own key, or nothing: a LAN neighbour gets no model for free
+            raise SystemExit(f"bench: the direct llama-server answered {refused.status_code} without its key")
         key = next(iter(secrets.api_keys(None).values()))
         for users in (int(u) for u in args.users.split(",")):
             requests = args.requests_per_user if users > 1 else max(args.requests_per_user, 6)
             runs = {"native": [], "stack": []}
             for _ in range(args.rounds):  # alternating, so drifts of the machine hit both alike
-                runs["native"].append(asyncio.run(load("native", f"http://{address}:{DIRECT_PORT}", None,
+                runs["native"].append(asyncio.run(load("native", f"http://{address}:{DIRECT_PORT}", direct_key,
                                                        config["model"]["alias"], users, requests, args.max_tokens)))
                 before = stack_cpu(host, gateway_host)
                 stack_run = asyncio.run(load("stack", f"http://{gateway_address}", key,
@@ -309,7 +323,7 @@ def main() -> None:
                 "failures": direct.failures + stack.failures,
             })
     finally:
-        host.run(f"systemctl stop {DIRECT_UNIT}", check=False)
+        host.run(f"systemctl stop {DIRECT_UNIT}; rm -f {DIRECT_ENVIRONMENT}", check=False)
 
     header = (f"{'users':>5} {'native tok/s':>12} {'stack tok/s':>11} {'stack/native':>12} "
               f"{'TTFT p50 native':>15} {'stack':>8} {'delta':>8} {'stack/ceiling':>13} {'failures':>8} "
