@@ -8,11 +8,12 @@ system.configure(plan)             # sysctl, system user, directories
 if plan.inference:
     model_changed = model_store.install(plan)   # <store>/<name>/<sha256>.gguf and `current`
     engine_changed = engine.install(plan)       # per-CPU-profile build, proven by an inference
-firewall.configure(plan)           # engine and exporter ports open to their callers alone
-if plan.inference:
-    service.configure(plan, engine_changed, model_changed)  # slice limits, hardened unit
 else:
     service.remove(plan)           # a host that left a role loses its services, configs, secrets
+firewall_restarted = firewall.configure(plan)  # every port of the stack open to its callers alone
+if plan.inference:
+    # The engine is bound to its firewall: a restart of the firewall's unit stops it, so it restarts too.
+    service.configure(plan, engine_changed or firewall_restarted, model_changed)  # slice limits, hardened unit
 if plan.gateway:
     gateway.configure(plan)        # nginx: keys, limits, streaming, least_conn upstream
 else:

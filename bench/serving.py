@@ -280,10 +280,10 @@ def main() -> None:
           f"llama-bench: prompt {raw['prompt']:.0f} tokens/s, generation {raw['generation']:.0f} tokens/s "
           f"({raw['generation'] / ceiling:.0%} of the ceiling)")
 
-    direct_arguments, direct_key = start_direct(host, config, parallel, address)
-    print(f"direct: llama-server {direct_arguments}")
     rows = []
-    try:
+    try:  # the direct server and its key file go whatever happens from here
+        direct_arguments, direct_key = start_direct(host, config, parallel, address)
+        print(f"direct: llama-server {direct_arguments}")
         wait_healthy(f"http://{address}:{DIRECT_PORT}")
         refused = httpx.post(f"http://{address}:{DIRECT_PORT}/v1/completions", json={"prompt": "x", "max_tokens": 1},
                              timeout=30)

@@ -7,6 +7,8 @@ the LAN by mistake is still closed."""
 import ipaddress
 import socket
 
+from pyinfra import host
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt
 
 from tasks import gateway, topology
@@ -35,6 +37,13 @@ def addresses_of(name: str) -> list[str]:
         raise DeployError(f"host `{name}` does not resolve to an address ({error.strerror}): set its "
                           "engine_lan_address or ssh_hostname to an IP address") from None
     return sorted({str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in found})
+
+
+def bind_ip(address: str) -> str:
+    """The address the engine binds, as an IP (IPv4 first): resolved at deploy time, because the
+    engine's unit allows no DNS query (IPAddressDeny=any)."""
+    found = addresses_of(address)
+    return next((a for a in found if ipaddress.ip_address(a).version == 4), found[0])
 
 
 def rules(ports: list[dict]) -> str:
@@ -92,7 +101,8 @@ def ports(plan: Plan) -> list[dict]:
     return opened
 
 
-def configure(plan: Plan) -> None:
+def configure(plan: Plan) -> bool:
+    """The table and its unit; whether the unit restarts (which stops the engine bound to it)."""
     settings = plan.settings
     rules_path = f"{settings.system_config_dir}/firewall.nft"
     apt.packages(name="Install nftables", packages=["nftables"], no_recommends=True,
@@ -101,4 +111,7 @@ def configure(plan: Plan) -> None:
                                mode="0640")
     unit = put_unit_file(f"Unit {UNIT_NAME}", render("firewall/nas-ai-firewall.service.j2", rules=rules_path),
                          f"{SYSTEMD_DIR}/{UNIT_NAME}")
-    running("Firewall active and enabled", UNIT_NAME, unit_files=[unit], reloaded=rules_op.will_change)
+    # A table flushed by hand (`nft flush ruleset`, a restart of nftables.service) comes back.
+    table_gone = host.get_fact(Command, "nft list table inet nas_ai >/dev/null 2>&1 || echo gone") == "gone"
+    running("Firewall active and enabled", UNIT_NAME, unit_files=[unit], reloaded=rules_op.will_change or table_gone)
+    return unit.will_change

@@ -168,9 +168,12 @@ def configure(plan: Plan) -> None:
 
 def remove(plan: Plan) -> None:
     """A host that left the gateway role: its site, keys and TLS files go, so no key answers there;
-    nginx stops unless it serves other sites of the host (a NAS's own web UI may run on it)."""
-    left_role("Remove the gateway from a host that left the gateway role", CONF_PATH, [
-        f"rm -rf {CONF_PATH} {PRIVATE_DIR}",
-        ("if ls /etc/nginx/sites-enabled/* /etc/nginx/conf.d/*.conf >/dev/null 2>&1; then "
-         "systemctl reload nginx || true; else systemctl disable --now nginx; fi"),
+    nginx stops unless it serves other sites of the host (a NAS's own web UI may run on it). The
+    keys go last: they mark the role as left only once the rest is done."""
+    left_role("Remove the gateway from a host that left the gateway role", KEYS_FILE, [
+        f"rm -f {CONF_PATH}",
+        ("if find /etc/nginx/sites-enabled /etc/nginx/conf.d -mindepth 1 -maxdepth 1 2>/dev/null | grep -q .; then "
+         "if systemctl is-active -q nginx; then systemctl reload nginx; fi; "
+         "else systemctl disable --now nginx; fi"),
+        f"rm -rf {PRIVATE_DIR}",
     ])

@@ -89,7 +89,8 @@ def environment(settings) -> str:
 def install(plan: Plan) -> None:
     settings = plan.settings
     chosen = source(settings)
-    if chosen is None:
+    if chosen is None:  # turned off: one installed before goes
+        remove(plan)
         return
     if chosen == "apt":
         _install_from_apt()

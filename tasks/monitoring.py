@@ -50,12 +50,21 @@ def _flags(name: str, package: str, args: str):
                     f"/etc/default/{package}", "0644")
 
 
+def _firewall_drop_in(name: str, unit: str):
+    """The exporter's own IP filter: Prometheus and loopback alone, whatever happens to the table."""
+    allowed = sorted({address for monitor in topology.monitoring_hosts()
+                      for address in firewall.addresses_of(topology.lan_address(monitor))})
+    return put_unit_file(f"{name} IP filter", render("monitoring/exporter-firewall.conf.j2", allowed=allowed),
+                         f"{SYSTEMD_DIR}/{unit}.d/nas-ai-firewall.conf")
+
+
 def _service_args(name: str, package: str, unit: str, args: str, drop_in: str | None = None):
     """An exporter with its flags: restarted when they change."""
     apt.packages(name=f"Install {name}", packages=[package], no_recommends=True, cache_time=24 * 3600)
     flags = _flags(name, package, args)
-    unit_files = [] if drop_in is None else [
-        put_unit_file(f"{name} unit drop-in", drop_in, f"{SYSTEMD_DIR}/{unit}.d/nas-ai.conf")]
+    unit_files = [_firewall_drop_in(name, unit)]
+    if drop_in is not None:
+        unit_files.append(put_unit_file(f"{name} unit drop-in", drop_in, f"{SYSTEMD_DIR}/{unit}.d/nas-ai.conf"))
     running(f"{name} running and enabled", unit, unit_files=unit_files, restarted=flags.will_change)
 
 
@@ -71,8 +80,9 @@ def exporters(plan: Plan) -> None:
     else:
         left_role("Stop the gateway's exporters on a host that left the gateway role", MTAIL_PROGRAM, [
             stop_and_disable("mtail", "prometheus-nginx-exporter"),
-            f"rm -rf {MTAIL_PROGRAM} {SYSTEMD_DIR}/prometheus-nginx-exporter.service.d",
+            f"rm -rf {SYSTEMD_DIR}/prometheus-nginx-exporter.service.d {SYSTEMD_DIR}/mtail.service.d",
             "systemctl daemon-reload",
+            f"rm -f {MTAIL_PROGRAM}",
         ])
 
 
@@ -85,8 +95,8 @@ def _gateway_log_exporter() -> None:
     flags = put_text("mtail flags", "# Managed by the nas-ai deploy (tasks/monitoring.py).\n"
                      f"LOGS={ACCESS_LOG}\nHOST=0.0.0.0\nPORT={firewall.GATEWAY_LOG_EXPORTER_PORT}\n"
                      'EXTRA_ARGS="--emit_prog_label=false"\n', "/etc/default/mtail", "0644")
-    running("mtail running and enabled", "mtail.service", restarted=flags.will_change,
-            reloaded=program.will_change)
+    running("mtail running and enabled", "mtail.service", unit_files=[_firewall_drop_in("mtail", "mtail.service")],
+            restarted=flags.will_change, reloaded=program.will_change)
 
 
 def _target(plan: Plan, target, port: int, via_engine_address: bool = False) -> dict:

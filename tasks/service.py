@@ -20,7 +20,7 @@ def engine_config(plan: Plan) -> dict:
     settings = plan.settings
     return {
         "server": settings.engine_server,
-        "host": plan.bind_address,
+        "host": firewall.bind_ip(plan.bind_address),
         "port": settings.engine_port,
         "api_key": secrets.backend_key(),
         "ready_timeout_s": settings.engine_ready_timeout_s,
@@ -28,6 +28,7 @@ def engine_config(plan: Plan) -> dict:
         "guard": {
             "max_body_bytes": nginx_size_bytes(settings.gateway_max_body),
             "max_tokens": settings.engine_max_tokens or settings.engine_context_size,
+            "default_max_tokens": settings.engine_max_tokens,
             "max_logprobs": settings.engine_max_logprobs,
             "max_logit_bias": settings.engine_max_logit_bias,
         },

@@ -19,7 +19,7 @@ ENGINE_SERVERS = ("llama-server", "llama-cpp-python")
 CPU_PROFILE_CAPS = ("x86-64-v2", "x86-64-v3", "x86-64-v4", "armv8-a", "armv8.2-a+dotprod")
 PORT = (1, 65535)
 # Formats of the daemons that read these values, so a bad one is refused here, not by the daemon.
-NGINX_SIZE = r"[0-9]+[kKmMgG]?"
+NGINX_SIZE = r"[1-9][0-9]*[kKmMgG]?"  # never 0, which nginx reads as "no limit"
 PROMETHEUS_DURATION = r"0|([0-9]+(ms|s|m|h|d|w|y))+"           # 0: no time limit
 PROMETHEUS_SIZE = r"0|[0-9]+(\.[0-9]+)?([KMGTPE]i?)?B"         # 0: no size limit
 # No spaces or shell characters: these paths go into commands and unit files unquoted.

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.lab
 def test_container_hosts_boot_with_systemd_and_no_failed_unit(container_lab):
     for name, data in container_lab["inference"]:
         host = lab_host(name)
-        assert host.check_output("systemctl is-system-running") == "running", name
-        assert host.check_output("systemctl --failed --no-legend") == "", name
+        state = host.run("systemctl is-system-running").stdout.strip()
+        failed = host.run("systemctl --failed --no-legend --plain").stdout.strip()
+        journal = host.run("journalctl -b -p warning --no-pager -n 30").stdout if failed else ""
+        assert (state, failed) == ("running", ""), f"{name}: {state}; failed: {failed}\n{journal}"
         assert host.check_output("hostname") == name
         assert data["ssh_hostname"] in host.check_output("ip -4 -o addr show host0")
 

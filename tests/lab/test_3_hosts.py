@@ -14,7 +14,7 @@ import pytest
 from tasks import gateway, secrets
 from tasks.monitoring import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS
 from tasks.settings import BUNDLED_MODEL
-from tests.lab.harness import http_from, lab_host
+from tests.lab.harness import deployed, http_from, lab_host
 
 pytestmark = pytest.mark.lab
 
@@ -179,3 +179,20 @@ def test_the_engine_stops_with_its_firewall(scenario):
         # Back as the deploy left it: the table, then the engine (active once it answers).
         host.check_output("systemctl start nas-ai-firewall nas-ai-engine")
     assert host.service("nas-ai-engine").is_running
+
+
+def test_a_flushed_ruleset_comes_back_with_the_next_deploy(scenario):
+    """`nft flush ruleset` (or a restart of nftables.service) removes the table while its unit stays
+    active: the next deploy sees the table gone and loads it again."""
+    if scenario.name != "default":
+        pytest.skip("one scenario is enough: the deploy's check is the same")
+    address, port = _remote_engine(scenario)
+    name = next(n for n in scenario.hosts if scenario.addresses[n] == address)
+    host = lab_host(name)
+    host.check_output("nft flush ruleset")
+    assert host.run("nft list table inet nas_ai").rc != 0
+    assert host.service("nas-ai-firewall").is_running  # the unit cannot tell
+    deployed("inventory/lab.py", "--limit", name)
+    assert host.run("nft list table inet nas_ai").rc == 0
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://{address}:{port}/health", timeout=5)

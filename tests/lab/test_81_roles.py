@@ -13,7 +13,7 @@ import pytest
 from lab.waiting import wait_until
 from tasks import gateway, grafana, monitoring
 from tasks.settings import resolve
-from tests.lab.harness import ALTERNATIVE_INVENTORY, deployed, http_from, inventory_hosts, lab_host
+from tests.lab.harness import ALTERNATIVE_INVENTORY, changed_operations, deployed, http_from, inventory_hosts, lab_host
 
 pytestmark = pytest.mark.lab
 MOVED_INVENTORY = "inventory/lab_alternative_moved.py"
@@ -94,3 +94,10 @@ def test_and_back_to_the_second_host(alternative):
     roles = _roles(ALTERNATIVE_INVENTORY)
     _assert_left_the_roles(roles)
     _assert_holds_the_roles(roles)
+
+
+def test_a_second_deploy_after_the_moves_reports_no_changes(alternative):
+    """Leaving a role happens once: the files it looks for are gone."""
+    result = deployed(ALTERNATIVE_INVENTORY, who="role move: second deploy, nothing changed")
+    output = result.stdout + result.stderr
+    assert changed_operations(output) == 0, output[-4000:]

@@ -20,7 +20,7 @@ import pytest
 
 from tasks import gateway, secrets
 from tasks.settings import Settings, nginx_size_bytes
-from tests.lab.harness import lab_host
+from tests.lab.harness import http_from, lab_host
 
 # Every test asks for the engines' state before it, so the PIDs are read before the first attack
 # whichever tests are selected.
@@ -148,12 +148,25 @@ def _engine_states(scenario) -> dict[str, dict[str, str]]:
     return states
 
 
+def _refused_by_each_engine(scenario) -> dict[str, float]:
+    """Each engine's count of the 400s its guard answered, read on its own host."""
+    counts = {}
+    for name in scenario.hosts:
+        host = lab_host(name)
+        config = json.loads(host.check_output(f"cat {scenario.settings[name].system_config_dir}/engine.json"))
+        status, body = http_from(host, f"http://{config['host']}:{config['port']}/metrics")
+        assert status == 200, body
+        counts[name] = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                           if line.startswith("nas_ai_engine_requests_total{") and 'status="400"' in line)
+    return counts
+
+
 @pytest.fixture(scope="module")
-def engines_before(scenario) -> dict[str, dict[str, str]]:
+def engines_before(scenario) -> dict:
     states = _engine_states(scenario)
     # A stopped engine has no PID to compare: the attack would prove nothing.
     assert all(s["ActiveState"] == "active" and s["MainPID"] != "0" for s in states.values()), states
-    return states
+    return {"states": states, "refused": _refused_by_each_engine(scenario)}
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -257,6 +270,23 @@ HOSTILE_BODIES = {
     "a-json-array": (lambda model, limit: _json([_chat(model)]), 400),
     "above-the-body-limit": (
         lambda model, limit: _json(_chat(model, messages=[{"role": "user", "content": "x" * limit}])), 413),
+    # llama-server's own name for n.
+    "four-completions-by-n_cmpl": (lambda model, limit: _json(_chat(model, n_cmpl=4)), 400),
+    "nan-temperature": (lambda model, limit: _json(_chat(model, temperature=float("nan"))), 400),
+    # A surrogate written as UTF-8 bytes, not as a \u escape: no UTF-8 decoder takes it.
+    "surrogate-as-raw-bytes": (
+        lambda model, limit: _json(_chat(model)).replace(b"Say hello.", b"Say \xed\xa0\x80."), 400),
+    # llama-cpp-python turns a schema into a grammar by itself, expanding minItems in memory.
+    "schema-with-a-hundred-million-items": (lambda model, limit: _json(_chat(model, response_format={
+        "type": "json_object", "schema": {"type": "array", "items": {"type": "string"}, "minItems": 100_000_000}})),
+        400),
+}
+# Hostile to llama-cpp-python alone (its converter would hand llama.cpp a class that matches nothing,
+# which aborts it): refused by its guard; llama-server converts the schema itself and answers.
+SCHEMA_NO_CHARACTER_MATCHES = {"type": "json_object", "schema": {"type": "string", "pattern": "^[]$"}}
+# The completions endpoint: one prompt per request.
+HOSTILE_COMPLETIONS = {
+    "a-thousand-prompts": (lambda model: {"model": model, "max_tokens": 1, "prompt": ["hi"] * 1000}, 400),
 }
 
 
@@ -276,10 +306,39 @@ def test_a_hostile_body_gets_a_json_4xx(scenario, target, http, body_name):
     assert [(status, is_json) for status, is_json, _ in answers] == [(expected, True)] * len(scenario.hosts), answers
 
 
+def test_a_schema_only_llama_cpp_python_cannot_take_is_refused_there_and_answered_by_llama_server(
+        scenario, target, http):
+    servers = [scenario.settings[name].engine_server for name in scenario.hosts]
+    answers = []
+    for _ in scenario.hosts:  # least_conn: each engine once
+        time.sleep(60 / target.client.rate_per_minute)
+        response = http.post("/v1/chat/completions", headers=_bearer(target.client.key),
+                             json=_chat(target.model, response_format=SCHEMA_NO_CHARACTER_MATCHES))
+        answers.append((response.status_code, response.text[:300]))
+    expected = {"llama-cpp-python": 400, "llama-server": 200}
+    assert sorted(status for status, _ in answers) == sorted(expected[server] for server in servers), (servers, answers)
+    assert all("JSON schema" in text for status, text in answers if status == 400), answers
+
+
+@pytest.mark.parametrize("body_name", HOSTILE_COMPLETIONS)
+def test_a_hostile_completion_gets_a_json_4xx(scenario, target, http, body_name):
+    build, expected = HOSTILE_COMPLETIONS[body_name]
+    answers = []
+    for _ in scenario.hosts:
+        time.sleep(60 / target.client.rate_per_minute)
+        response = http.post("/v1/completions", json=build(target.model), headers=_bearer(target.client.key))
+        answers.append((response.status_code, _is_json_error(response), response.text[:300]))
+    assert [(status, is_json) for status, is_json, _ in answers] == [(expected, True)] * len(scenario.hosts), answers
+
+
 def test_every_engine_outlived_the_attack(scenario, engines_before, target, http):
     """Last of the module: the same engine processes as before the first test, never restarted,
     still serving a real chat completion on every engine."""
-    assert _engine_states(scenario) == engines_before
+    assert _engine_states(scenario) == engines_before["states"]
+    # Every engine's guard met the hostile bodies, not one engine's alone.
+    refused = _refused_by_each_engine(scenario)
+    assert all(refused[name] > engines_before["refused"][name] for name in scenario.hosts), \
+        (engines_before["refused"], refused)
     for _ in scenario.hosts:  # least_conn: each engine answers one
         time.sleep(60 / target.client.rate_per_minute)
         response = http.post("/v1/chat/completions", headers=_bearer(target.client.key), json=_chat(target.model))

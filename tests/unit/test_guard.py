@@ -138,13 +138,29 @@ def test_a_body_above_the_bound_is_refused_while_it_arrives():
     chunks = [b"x" * 600, b"x" * 600, b"never read"]
     sent = _exchange(_guard(app, max_body_bytes=1000), "POST", "/v1/completions", chunks)
     assert sent[0]["status"] == 413 and app.bodies == []
+    unread = [b"x" * 600, b"x" * 600, b"never read"]
+
+    async def receive():
+        return {"type": "http.request", "body": unread.pop(0), "more_body": bool(unread)}
+
+    async def send(message):
+        pass
+
+    headers = [(b"authorization", f"Bearer {KEY}".encode())]
+    asyncio.run(_guard(app, max_body_bytes=1000)({"type": "http", "method": "POST", "path": "/v1/completions",
+                                                   "headers": headers}, receive, send))
+    assert unread == [b"never read"]
 
 
 @pytest.mark.parametrize("field, value, reason", [
-    ("max_tokens", 513, "from 0 to 512"),
-    ("max_tokens", -1, "from 0 to 512"),
-    ("max_completion_tokens", 10**9, "from 0 to 512"),
-    ("n_predict", -1, "from 0 to 512"),
+    ("max_tokens", 513, "from 1 to 512"),
+    ("max_tokens", -1, "from 1 to 512"),
+    ("max_tokens", 0, "from 1 to 512"),  # llama-cpp-python reads 0 as "no limit"
+    ("max_completion_tokens", 10**9, "from 1 to 512"),
+    ("n_predict", -1, "from 1 to 512"),
+    ("n_cmpl", 4, "one choice per request"),  # llama-server's own name for n
+    ("prompt", ["a", "b"], "one prompt per request"),
+    ("prompt", [[1, 2], [3]], "one prompt per request"),
     ("max_tokens", "100", "must be an integer"),
     ("n", 2, "one choice per request"),
     ("n", True, "one choice per request"),
@@ -172,6 +188,8 @@ def test_request_fields_beyond_their_bounds_get_a_400_naming_the_field(field, va
     {"max_tokens": 512, "n": 1, "logprobs": True, "top_logprobs": 20, "logit_bias": {"15": -100}},
     {"max_tokens": None, "n": None, "logprobs": 5, "repeat_last_n": -1, "dry_penalty_last_n": -1, "top_k": 0},
     {"mirostat": 2, "n_probs": 0, "dry_allowed_length": 2, "seed": -1},
+    {"max_tokens": 1, "n_cmpl": 1, "prompt": ["one prompt in a list"]},
+    {"max_tokens": 1, "prompt": [1, 2, 3]},
 ])
 def test_requests_within_their_bounds_reach_the_engine_unchanged(fields):
     app = RecordingApp()
@@ -192,6 +210,50 @@ def test_hostile_json_gets_a_400_never_a_500(body, reason):
     status, payload = _request(_guard(app), "POST", "/v1/chat/completions", body)
     assert (status, app.bodies) == (400, [])
     assert reason in payload["error"]["message"]
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b'{"prompt": "x", "temperature": NaN}', "not valid JSON"),
+    (b'{"prompt": "x", "top_p": -Infinity}', "not valid JSON"),
+    (b'{"prompt": "say \xed\xa0\x80"}', "not UTF-8"),  # a surrogate as raw bytes, no escape
+    ('{"prompt": "x"}'.encode("utf-16"), "not UTF-8"),
+])
+def test_json_the_engines_would_answer_with_a_500_gets_a_400(body, reason):
+    app = RecordingApp()
+    status, payload = _request(_guard(app), "POST", "/v1/completions", body)
+    assert (status, app.bodies) == (400, [])
+    assert reason in payload["error"]["message"]
+
+
+def test_an_absent_max_tokens_is_filled_in_when_the_operator_set_one():
+    app = RecordingApp()
+    limits = bounds.Limits(max_tokens=64, max_logprobs=20, max_logit_bias=300, default_max_tokens=64)
+    guard = Guard(app, {}, KEY, limits, 1 << 20)
+    assert _request(guard, "POST", "/v1/completions", b'{"prompt": "x"}')[0] == 200
+    assert json.loads(app.bodies[0]) == {"prompt": "x", "max_tokens": 64}
+    assert _request(guard, "POST", "/v1/completions", b'{"prompt": "x", "max_tokens": 8}')[0] == 200
+    assert app.bodies[1] == b'{"prompt": "x", "max_tokens": 8}'  # a request within bounds is passed as sent
+
+
+@pytest.mark.parametrize("fields", [
+    {"response_format": {"type": "json_object", "schema": {"type": "array", "minItems": 100_000_000}}},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+     "tool_choice": {"type": "function", "function": {"name": "f"}}},
+    {"functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": {"name": "f"}},
+])
+def test_llama_cpp_python_takes_no_json_schema(fields):
+    """Its own converter expands a schema in memory and can hand llama.cpp a grammar that aborts it."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+    app = RecordingApp()
+    status, payload = _request(_guard(app, {"server": "llama-cpp-python"}), "POST", "/v1/chat/completions", body)
+    assert (status, app.bodies) == (400, []) and "llama-server" in payload["error"]["message"]
+    # llama-server converts schemas in C++, within llama.cpp's own limits: passed on.
+    assert _request(_guard(app, {"server": "llama-server"}), "POST", "/v1/chat/completions", body)[0] == 200
+
+
+def test_llama_cpp_python_takes_plain_json_mode():
+    body = json.dumps({"messages": [], "response_format": {"type": "json_object"}}).encode()
+    assert _request(_guard(RecordingApp(), {"server": "llama-cpp-python"}), "POST", "/v1/chat/completions", body)[0] == 200
 
 
 def test_a_surrogate_pair_is_a_character_and_passes():

@@ -52,6 +52,7 @@ def test_every_setting_is_documented():
     ("engine_context_size", 16, "at least 128"),
     ("monitoring_ttft_p99_slo_s", 0, "at least 0.01"),
     ("gateway_max_body", "1 MB", "an nginx size"),
+    ("gateway_max_body", "0", "an nginx size"),  # nginx reads 0 as no limit
     ("monitoring_retention_time", "30 days", "a Prometheus duration"),
     ("monitoring_retention_size", "2G", "a Prometheus size"),
     ("model_store_dir", "data/models", "an absolute path"),

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -131,13 +132,18 @@ def test_firewall_opens_each_port_to_its_callers_only():
     assert "flush ruleset" not in rules  # other tables of the host are left alone
 
 
-@pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed here")
+@pytest.mark.skipif(not shutil.which("nft") or os.geteuid() != 0, reason="nft --check needs nft and root")
 def test_firewall_rules_pass_nft_check(tmp_path):
     rules = tmp_path / "rules.nft"
     rules.write_text(firewall.rules([{"number": 8080, "sources": ["10.213.0.11", "fd00::12"], "why": "engine"},
                                      {"number": 80, "sources": firewall.EVERYONE, "why": "gateway"}]))
     result = subprocess.run(["nft", "--check", "-f", str(rules)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_exporters_filter_their_callers_on_their_own_unit():
+    text = render("monitoring/exporter-firewall.conf.j2", allowed=["10.213.0.11", "fd00::11"])
+    assert "IPAddressDeny=any\nIPAddressAllow=localhost 10.213.0.11 fd00::11\n" in text
 
 
 def test_a_host_name_that_does_not_resolve_is_a_deploy_error_naming_it():
@@ -279,7 +285,8 @@ def test_a_running_nginx_forwards_the_allow_list_alone(tmp_path):
             assert _answer(base + path, key)[0] == 503, path
         for path in ("/v1/messages", "/v1/responses", "/v1/embeddings", "/v1/engines/copilot-codex/completions",
                      "/completion", "/props", "/slots", "/metrics", "/v1/models/../messages",
-                     "/v1/completions%2F..%2Fmessages", "/v1/chat/completions/", "/V1/models", "/v1/"):
+                     "/v1/completions%2F..%2Fmessages", "/v1/chat/completions/", "/V1/models", "/v1/",
+                     "/v1/models%0A", "/v1/completions%0a"):  # PCRE's $ would match before the newline
             status, headers, body = _answer(base + path, key)
             assert (status, json.loads(body)["error"]["code"]) == (404, "not_found"), path
             assert headers["Content-Type"] == "application/json"

@@ -27,7 +27,8 @@ def serve(config: dict) -> None:
     def guard(app, extra_metrics=None):
         return Guard(app, info, config["api_key"], bounds.Limits(
             max_tokens=limits["max_tokens"], max_logprobs=limits["max_logprobs"],
-            max_logit_bias=limits["max_logit_bias"]), limits["max_body_bytes"], extra_metrics)
+            max_logit_bias=limits["max_logit_bias"], default_max_tokens=limits["default_max_tokens"]),
+            limits["max_body_bytes"], extra_metrics)
 
     if server == "llama-server" or config.get("workers", 1) > 1:
         import asyncio

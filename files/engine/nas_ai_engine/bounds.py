@@ -11,6 +11,7 @@ NON_NEGATIVE = ("top_k", "min_keep", "dry_allowed_length", "n_indent", "t_max_pr
 WHOLE_CONTEXT_OR_MORE = ("repeat_last_n", "dry_penalty_last_n", "n_keep")
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 LOGPROBS_FIELDS = ("top_logprobs", "n_probs")
+CHOICES_FIELDS = ("n", "n_cmpl")  # n_cmpl: llama-server's own name for n
 MIROSTAT_VERSIONS = (0, 1, 2)
 
 
@@ -19,6 +20,7 @@ class Limits:
     max_tokens: int
     max_logprobs: int
     max_logit_bias: int
+    default_max_tokens: int | None = None  # set by the operator: filled in where a request has none
 
 
 class OutOfBounds(ValueError):
@@ -44,11 +46,18 @@ def _at_most(request: dict, field: str, low: int, high: int, why: str) -> None:
 
 def check(request: dict, limits: Limits) -> None:
     """Raise OutOfBounds for the first field outside its limit."""
-    for field in MAX_TOKENS_FIELDS:
-        _at_most(request, field, 0, limits.max_tokens, "this service's largest answer in tokens")
-    n = request.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise OutOfBounds("n", f"`n` is {n!r}; this service generates one choice per request: send 1 or leave it out")
+    for field in MAX_TOKENS_FIELDS:  # from 1: llama-cpp-python reads 0 as "no limit"
+        _at_most(request, field, 1, limits.max_tokens, "this service's largest answer in tokens")
+    for field in CHOICES_FIELDS:
+        n = request.get(field)
+        if n is not None and (isinstance(n, bool) or n != 1):
+            raise OutOfBounds(field, f"`{field}` is {n!r}; this service generates one choice per request: "
+                                     "send 1 or leave it out")
+    prompt = request.get("prompt")
+    # A list of strings (or of token lists) is one generation per item on one ticket.
+    if isinstance(prompt, list) and any(isinstance(item, (str, list)) for item in prompt) and len(prompt) > 1:
+        raise OutOfBounds("prompt", f"`prompt` holds {len(prompt)} prompts; this service takes one prompt per "
+                                    "request: send them one by one")
     logprobs = request.get("logprobs")
     if not isinstance(logprobs, bool):  # chat: true/false; completions: how many
         _at_most(request, "logprobs", 0, limits.max_logprobs, "the most log-probabilities per token")
@@ -68,3 +77,11 @@ def check(request: dict, limits: Limits) -> None:
     mirostat = _integer(request, "mirostat")
     if mirostat is not None and mirostat not in MIROSTAT_VERSIONS:
         raise OutOfBounds("mirostat", f"`mirostat` is {mirostat}; it must be 0 (off), 1 or 2")
+
+
+def filled_in(request: dict, limits: Limits) -> bool:
+    """Give a request without any answer length the operator's default; whether it changed."""
+    if limits.default_max_tokens is None or any(request.get(field) is not None for field in MAX_TOKENS_FIELDS):
+        return False
+    request["max_tokens"] = limits.default_max_tokens
+    return True

@@ -3,6 +3,7 @@
 stack serves, the backend key checked before a body is read, refusal of request fields that would
 crash or overload the engine before they reach it, and the request metrics."""
 
+import asyncio
 import hmac
 import json
 import re
@@ -92,10 +93,15 @@ class Guard:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         endpoint = path
-        refusal = _refusal(body, self.limits)
+        refusal, request = _refusal(body, self.limits, self.health.get("server"))
+        if refusal is None and isinstance(request.get("grammar"), str):
+            # A thread: a grammar may take the check a good part of a second; streams go on meanwhile.
+            refusal = await asyncio.to_thread(_grammar_refusal, request["grammar"])
         if refusal:
             metrics.REQUESTS.labels(endpoint, "400").inc()
             return await _send_json(send, 400, refusal)
+        if bounds.filled_in(request, self.limits):
+            body = json.dumps(request).encode()
 
         replayed = False
 
@@ -170,6 +176,17 @@ class _ResponseObserver:
             metrics.PROMPT_TOKENS.inc(self.timings.get("prompt_n", 0))
 
 
+def _json_schema_field(request: dict) -> str | None:
+    """The field through which llama-cpp-python would build a grammar from a JSON schema itself."""
+    response_format = request.get("response_format")
+    if isinstance(response_format, dict) and "schema" in response_format:
+        return "response_format"
+    for field, chosen in (("tools", "tool_choice"), ("functions", "function_call")):
+        if request.get(field) is not None and isinstance(request.get(chosen), dict):
+            return chosen
+    return None
+
+
 def _depth(value) -> int:
     """How deeply arrays and objects nest in `value`, without recursion."""
     deepest, pending = 0, [(value, 1)]
@@ -203,15 +220,27 @@ def _has_lone_surrogate(value) -> bool:
     return False
 
 
-def _refusal(body: bytes, limits: bounds.Limits) -> dict | None:
-    """A 400's payload for a request the engine must not see, else None. Neither engine may get
-    what it would answer with a 500 or a crash."""
+def _no_constant(name: str):
+    raise ValueError(f"{name} is no JSON number")
+
+
+def _refusal(body: bytes, limits: bounds.Limits, server: str | None) -> tuple[dict | None, dict | None]:
+    """(a 400's payload for a request the engine must not see, the parsed request). Neither engine
+    may get what it would answer with a 500 or a crash."""
     try:
-        request = json.loads(body)
+        text = body.decode()  # strict: no UTF-16, no surrogate written as UTF-8 bytes
+    except UnicodeDecodeError as error:
+        return _invalid(f"the request body is not UTF-8: {error}", None), None
+    try:
+        request = json.loads(text, parse_constant=_no_constant)  # NaN and Infinity: llama-server's 500
     except RecursionError:
-        return _invalid(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH}", None)
+        return _invalid(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH}", None), None
     except ValueError as error:
-        return _invalid(f"the request body is not valid JSON: {error}", None)
+        return _invalid(f"the request body is not valid JSON: {error}", None), None
+    return _request_refusal(body, request, limits, server), request
+
+
+def _request_refusal(body: bytes, request, limits: bounds.Limits, server: str | None) -> dict | None:
     if not isinstance(request, dict):
         return _invalid("the request body must be a JSON object", None)
     if _depth(request) > MAX_JSON_DEPTH:
@@ -223,11 +252,20 @@ def _refusal(body: bytes, limits: bounds.Limits) -> dict | None:
         bounds.check(request, limits)
     except bounds.OutOfBounds as error:
         return _invalid(str(error), error.field)
+    if server == "llama-cpp-python":
+        schema_field = _json_schema_field(request)
+        if schema_field:
+            return _invalid(f"`{schema_field}` asks for a JSON schema, which the llama-cpp-python engine does not "
+                            "take (its converter expands a schema in memory and can hand llama.cpp a grammar that "
+                            "aborts it): send a GBNF `grammar`, plain JSON mode, or use the llama-server engine",
+                            schema_field)
     grammar = request.get("grammar")
-    if grammar is None:
-        return None
-    if not isinstance(grammar, str):
+    if grammar is not None and not isinstance(grammar, str):
         return _invalid("`grammar` must be a string of GBNF", "grammar")
+    return None
+
+
+def _grammar_refusal(grammar: str) -> dict | None:
     try:
         check(grammar)
     except GrammarError as error:
