@@ -14,6 +14,7 @@ from tasks.rendering import install_checked, left_role, put_text, render, runnin
 from tasks.settings import DeployError, check_value
 
 CONF_PATH = "/etc/nginx/conf.d/nas-ai.conf"
+MAIN_CONF_PATH = "/etc/nginx/modules-enabled/50-nas-ai.conf"  # nginx's main context
 PRIVATE_DIR = "/etc/nginx/nas-ai"
 KEYS_FILE = f"{PRIVATE_DIR}/api-keys.map"
 # 24 characters of a random base64 key hold 144 bits: guessing is hopeless at any rate.
@@ -162,8 +163,11 @@ def configure(plan: Plan) -> None:
     # nginx -t reads the whole configuration: the site is checked in place.
     site_text = site_config(settings, gateway_clients, upstreams(plan), secrets.backend_key(), tls)
     site = install_checked("nginx site nas-ai", site_text, CONF_PATH, "nginx -t -q", mode="0600")
+    main = install_checked("nginx worker shutdown timeout", render(
+        "gateway/nas-ai-main.conf.j2", shutdown_timeout_s=settings.gateway_read_timeout_s + 60),
+        MAIN_CONF_PATH, "nginx -t -q", mode="0644")
     running("nginx running and enabled", "nginx.service",
-            reloaded=keys.will_change or default_site.will_change or site.will_change)
+            reloaded=keys.will_change or default_site.will_change or site.will_change or main.will_change)
 
 
 def remove(plan: Plan) -> None:
@@ -171,7 +175,7 @@ def remove(plan: Plan) -> None:
     nginx stops unless it serves other sites of the host (a NAS's own web UI may run on it). The
     keys go last: they mark the role as left only once the rest is done."""
     left_role("Remove the gateway from a host that left the gateway role", KEYS_FILE, [
-        f"rm -f {CONF_PATH}",
+        f"rm -f {CONF_PATH} {MAIN_CONF_PATH}",
         ("if find /etc/nginx/sites-enabled /etc/nginx/conf.d -mindepth 1 -maxdepth 1 2>/dev/null | grep -q .; then "
          "if systemctl is-active -q nginx; then systemctl reload nginx; fi; "
          "else systemctl disable --now nginx; fi"),

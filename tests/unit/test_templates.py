@@ -67,6 +67,16 @@ def test_gateway_config_with_tls_passes_nginx_t(tmp_path):
 
 
 @needs_nginx
+def test_the_worker_shutdown_timeout_belongs_to_nginx_main_context(tmp_path):
+    (tmp_path / "main.conf").write_text(render("gateway/nas-ai-main.conf.j2", shutdown_timeout_s=660))
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+                                         f"include {tmp_path}/main.conf;\nevents {{}}\nhttp {{}}\n")
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_nginx
 def test_a_broken_gateway_config_fails_nginx_t(tmp_path):
     """The check that guards every reload does catch a bad config."""
     result = _nginx_test(tmp_path, _site(tmp_path).replace("least_conn;", "least_conn"))
