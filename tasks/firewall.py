@@ -9,7 +9,7 @@ import socket
 
 from pyinfra import host
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt
+from pyinfra.operations import apt, server
 
 from tasks import gateway, topology
 from tasks.plan import Plan
@@ -113,5 +113,10 @@ def configure(plan: Plan) -> bool:
                          f"{SYSTEMD_DIR}/{UNIT_NAME}")
     # A table flushed by hand (`nft flush ruleset`, a restart of nftables.service) comes back.
     table_gone = host.get_fact(Command, "nft list table inet nas_ai >/dev/null 2>&1 || echo gone") == "gone"
-    running("Firewall active and enabled", UNIT_NAME, unit_files=[unit], reloaded=rules_op.will_change or table_gone)
+    firewall_running = running("Firewall active and enabled", UNIT_NAME, unit_files=[unit])
+    if (rules_op.will_change or table_gone) and not firewall_running.will_change:
+        # Loaded by nft itself, not by a reload job, so that a failure shows nft's own message in
+        # the deploy's output; tried once more after a second (one lab run saw a reload job fail
+        # that the same deploy run again did not).
+        server.shell(name="Firewall rules loaded", commands=[f"nft -f {rules_path} || {{ sleep 1; nft -f {rules_path}; }}"])
     return unit.will_change
