@@ -6,14 +6,15 @@ from tasks import engine, firewall, gateway, grafana, model_store, monitoring, p
 plan = preflight.check()           # facts, data and each task's checks, before any change
 system.configure(plan)             # sysctl, system user, directories
 if plan.inference:
-    model_changed = model_store.install(plan)   # <store>/<name>/<sha256>.gguf and `current`
+    model_store.install(plan)                   # <store>/<name>/<sha256>.gguf, verified
     engine_changed = engine.install(plan)       # per-CPU-profile build, proven by an inference
 else:
     service.remove(plan)           # a host that left a role loses its services, configs, secrets
 firewall_restarted = firewall.configure(plan)  # every port of the stack open to its callers alone
 if plan.inference:
     # The engine is bound to its firewall: a restart of the firewall's unit stops it, so it restarts too.
-    service.configure(plan, engine_changed or firewall_restarted, model_changed)  # slice limits, hardened unit
+    # Slice limits, hardened unit; a new model goes live by reload, probed, one host at a time.
+    service.configure(plan, engine_changed or firewall_restarted)
 if plan.gateway:
     gateway.configure(plan)        # nginx: keys, limits, streaming, least_conn upstream
 else:

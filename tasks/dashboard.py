@@ -2,7 +2,7 @@
 
 One row per node (repeated over the `node` variable): the gateway's answers by status, engine
 requests and errors, time to first token and tokens/s, the queue, memory against the article's
-80 %, CPU, disk I/O wait, engine restarts.
+80 %, CPU, disk I/O wait, model swaps, engine restarts.
 """
 
 import json
@@ -45,6 +45,8 @@ PANELS = [
                        f" + rate(node_disk_write_time_seconds_total{{{NODE}}}[$__rate_interval]))"
                        f" / (rate(node_disk_reads_completed_total{{{NODE}}}[$__rate_interval])"
                        f" + rate(node_disk_writes_completed_total{{{NODE}}}[$__rate_interval]) > 0)")]),
+    ("Model swaps by result", "short", "engine", [
+        ("{{result}}", f"sum by (result) (increase(nas_ai_engine_model_swaps_total{{{NODE}}}[$__rate_interval]))")]),
     ("Engine restarts", "short", "engine", [
         ("restarts", f'node_systemd_service_restart_total{{{NODE}, name="nas-ai-engine.service"}}')]),
 ]

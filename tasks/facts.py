@@ -35,3 +35,21 @@ class NasHost(FactBase):
             "systemd": raw.get("systemd") == "yes",
             "store_free_bytes": int(raw.get("store_free_kib") or 0) * 1024,
         }
+
+
+class ServedModel(FactBase):
+    """What the engine of this host serves: {"model": model.json or None, "rollback": the
+    engine's record of a model it went back from, or None, "active": the unit runs}."""
+
+    def command(self, config_path: str, rollback_path: str, unit: str) -> str:
+        return (f"cat {config_path} 2>/dev/null || echo null; echo '%%'; cat {rollback_path} 2>/dev/null || echo null; "
+                f"echo '%%'; systemctl is-active --quiet {unit} && echo true || echo false")
+
+    def process(self, output) -> dict:
+        import json
+
+        model, rollback, active = "\n".join(output).split("%%")
+        try:
+            return {"model": json.loads(model), "rollback": json.loads(rollback), "active": json.loads(active)}
+        except ValueError:  # a file cut by hand: serve as if nothing were known
+            return {"model": None, "rollback": None, "active": json.loads(active or "false")}

@@ -1,5 +1,6 @@
-"""The model store: <store>/<name>/<sha256>.gguf, verified on the host, and a `current` link to
-the one being served. An upload is skipped when the file is already there with the right sum."""
+"""The model store: <store>/<name>/<sha256>.gguf, verified on the host. An upload is skipped when
+the file is already there with the right sum. Which model serves, the `current` link and what
+leaves the store: model_rollout.py."""
 
 from pyinfra import host
 from pyinfra.facts.files import Sha256File
@@ -8,7 +9,7 @@ from pyinfra.operations import files, server
 from tasks.plan import Plan
 
 
-def install(plan: Plan) -> bool:
+def install(plan: Plan) -> None:
     settings, model = plan.settings, plan.model
     directory = f"{settings.model_store_dir}/{model.name}"
     files.directory(name=f"Model directory {directory}", path=directory, user="root",
@@ -21,6 +22,3 @@ def install(plan: Plan) -> bool:
         server.shell(name=f"Verify model {model.sha256[:12]} on the host and store it",
                      commands=[f"echo '{model.sha256}  {partial}' | sha256sum --check --quiet "
                                f"&& mv -f {partial} {plan.model_path}"])
-    link = files.link(name=f"Serve model {model.name} {model.sha256[:12]}", path=f"{directory}/current",
-               target=f"{model.sha256}.gguf", user="root", group=settings.system_user)
-    return uploading or link.will_change

@@ -24,3 +24,4 @@ class Plan:
     model_path: str        # on the host
     bind_address: str      # where the engine listens
     parallel: int          # requests the engine serves at once (llama-server's slots, or workers)
+    served: dict | None = None  # what the host's engine serves now (facts.ServedModel), None if unknown

@@ -4,8 +4,8 @@ Each refusal raises DeployError with the key or fact at fault and what to change
 from pyinfra import host
 from pyinfra.facts.files import File
 
-from tasks import budget, cpu_profile, engine, gateway, grafana, model_source, topology
-from tasks.facts import NasHost
+from tasks import budget, cpu_profile, engine, gateway, grafana, model_rollout, model_source, service, topology
+from tasks.facts import NasHost, ServedModel
 from tasks.plan import Plan
 from tasks.settings import MAX_PARALLEL, DeployError, Settings, resolve
 
@@ -71,10 +71,13 @@ def check() -> Plan:
                           "trained context length: lower it")
     roles = {"inference": topology.is_inference(), "gateway": topology.is_gateway(),
              "monitoring": topology.is_monitoring()}
+    served = host.get_fact(ServedModel, config_path=model_rollout.config_path(settings),
+                           rollback_path=model_rollout.ROLLBACK_PATH, unit=service.UNIT_NAME)
     # Each task's own checks of its data, before any task declares an operation.
     try:
         if roles["inference"]:
             engine.check(settings, profile)
+            model_rollout.check(settings, model, served)
         if roles["gateway"]:
             gateway.check(settings)
         if roles["monitoring"]:
@@ -83,4 +86,4 @@ def check() -> Plan:
         raise DeployError(f"{host.name}: {error}") from None
     return Plan(host=host.name, **roles, settings=settings, facts=facts, profile=profile, limits=limits,
                 budget=fits, model=model, model_path=model_path, bind_address=topology.engine_bind_address(),
-                parallel=parallel)
+                parallel=parallel, served=served)

@@ -24,7 +24,10 @@ def test_first_deploy_converges(deployment):
         assert status == 200, (name, body)
         health = json.loads(body)
         assert (health["status"], health["sha256"]) == ("ok", BUNDLED_MODEL["sha256"]), (name, health)
-        assert host.file(config["model"]["path"]).linked_to.endswith(f"/{BUNDLED_MODEL['sha256']}.gguf"), name
+        model = json.loads(host.check_output("cat /etc/nas-ai/model.json"))
+        assert model["path"].endswith(f"/{BUNDLED_MODEL['sha256']}.gguf"), name
+        current = f"{model['path'].rsplit('/', 1)[0]}/current"
+        assert host.file(current).linked_to == model["path"], name
 
 
 def test_second_deploy_reports_no_changes(deployment):

@@ -64,9 +64,9 @@ def test_each_engine_serves_its_own_server_from_the_moved_store(stack):
         host = lab_host(name)
         config = json.loads(host.check_output(f"cat {settings.system_config_dir}/engine.json"))
         assert (config["server"], config["port"]) == (settings.engine_server, settings.engine_port)
-        assert config["model"]["path"] == f"{settings.model_store_dir}/{settings.model_name}/current"
-        assert host.file(config["model"]["path"]).linked_to == \
-            f"{settings.model_store_dir}/{settings.model_name}/{BUNDLED_MODEL['sha256']}.gguf"
+        model = json.loads(host.check_output(f"cat {settings.system_config_dir}/model.json"))
+        assert model["path"] == f"{settings.model_store_dir}/{settings.model_name}/{BUNDLED_MODEL['sha256']}.gguf"
+        assert host.file(f"{settings.model_store_dir}/{settings.model_name}/current").linked_to == model["path"]
         status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
         assert status == 200, body
         assert (json.loads(body)["server"], json.loads(body)["sha256"]) == (settings.engine_server, BUNDLED_MODEL["sha256"])

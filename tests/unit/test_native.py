@@ -1,4 +1,4 @@
-"""llama-server's command line, as the engine process starts it."""
+"""llama-server's command line, as the engine process starts it, and the front's upstream."""
 
 import asyncio
 import time
@@ -8,8 +8,7 @@ from nas_ai_engine import native, uds_http
 
 CONFIG = {
     "api_key": "backend-secret-key",
-    "model": {"path": "/data/models/m/current", "alias": "m", "sha256": "0" * 64, "n_ctx": 2048,
-              "n_batch": 512, "n_threads": 3},
+    "model": {"n_ctx": 2048, "n_batch": 512, "n_threads": 3},
     "native": {"binary": "/opt/nas-ai/engine/current/bin/llama-server",
                "socket": "/run/nas-ai-engine/llama-server.sock", "parallel": 4},
 }
@@ -26,18 +25,22 @@ def _options(command: list[str]) -> dict[str, str | None]:
     return options
 
 
+MODEL = {"path": "/data/models/m/" + "0" * 64 + ".gguf", "alias": "m", "sha256": "0" * 64}
+
+
 def test_every_slot_gets_the_full_context_on_a_private_socket():
-    command = native.command(CONFIG)
+    command = native.command(native.with_model(CONFIG, MODEL))
     options = _options(command)
     assert command[0] == CONFIG["native"]["binary"]
     assert options["--host"] == "/run/nas-ai-engine/llama-server.sock"
     assert options["--parallel"] == "4" and options["--ctx-size"] == str(4 * 2048)
     assert "--no-kv-unified" in options  # n_ctx per slot, as the memory budget counted
     assert options["--threads"] == options["--threads-batch"] == "3"
+    assert (options["--model"], options["--alias"]) == (MODEL["path"], "m")
 
 
 def test_no_secret_on_the_command_line_and_nothing_outside_the_budget():
-    command = native.command(CONFIG)
+    command = native.command(native.with_model(CONFIG, MODEL))
     options = _options(command)
     assert CONFIG["api_key"] not in " ".join(command)  # passed as LLAMA_API_KEY instead
     assert options["--cache-ram"] == "0" and "--no-slots" in options and "--no-webui" in options
@@ -94,6 +97,10 @@ class _Backend:
             await serving
 
 
+def _upstream(tickets: list[str]) -> native.Upstream:
+    return native.Upstream("key", native.Pool(1, MODEL, [], tickets[:1], list(tickets)))
+
+
 async def _call(upstream, path: str, body: bytes = b"{}", stay: float = 5.0):
     """One request through the front's upstream, as uvicorn would hand it over; the client stays
     `stay` seconds, then goes away."""
@@ -123,7 +130,7 @@ def test_requests_beyond_the_tickets_wait_in_the_front_and_that_wait_is_measured
         return metrics.REGISTRY.get_sample_value(name) or 0
 
     async def three_requests():
-        upstream = native.Upstream([backend.socket_path] * 2, "key")
+        upstream = _upstream([backend.socket_path] * 2)
         answers = await asyncio.gather(*(_call(upstream, "/v1/completions") for _ in range(3)))
         return [answer[0]["status"] for answer in answers], [answer[1]["body"] for answer in answers]
 
@@ -141,7 +148,7 @@ def test_a_stream_passes_through_whole_and_in_order_and_errors_keep_their_status
     backend = _Backend(str(tmp_path / "engine.sock"))
 
     async def both():
-        upstream = native.Upstream([backend.socket_path], "key")
+        upstream = _upstream([backend.socket_path])
         return await _call(upstream, "/stream"), await _call(upstream, "/missing")
 
     stream, missing = asyncio.run(backend.serve(both))
@@ -158,13 +165,13 @@ def test_a_client_that_leaves_closes_the_backend_connection_and_frees_its_ticket
     backend = _Backend(str(tmp_path / "engine.sock"))
 
     async def leave_then_ask_again():
-        upstream = native.Upstream([backend.socket_path], "key")
+        upstream = _upstream([backend.socket_path])
         await _call(upstream, "/v1/chat/completions", stay=0.3)
         for _ in range(100):  # uvicorn notices the closed connection on its next read
             if backend.disconnects:
                 break
             await asyncio.sleep(0.02)
-        return upstream.idle.qsize()
+        return len(upstream.pool.free)
 
     assert asyncio.run(backend.serve(leave_then_ask_again)) == 1
     assert backend.disconnects == 1

@@ -25,7 +25,7 @@ def test_the_engine_config_follows_the_plan(tmp_path, monkeypatch):
     config = service.engine_config(_plan(engine_server="llama-cpp-python", model_store_dir="/srv/models",
                                          system_install_dir="/opt/ai"))
     assert (config["server"], config["host"], config["workers"]) == ("llama-cpp-python", "10.0.0.5", 2)
-    assert config["model"]["path"] == "/srv/models/tiny/current"
+    assert config["model_config"] == "/etc/nas-ai/model.json" and "path" not in config["model"]
     assert config["model"]["n_threads"] == 3
     assert config["native"]["binary"] == "/opt/ai/engine/current/bin/llama-server"
     assert config["api_key"] == (tmp_path / "backend-key").read_text().strip()

@@ -187,13 +187,15 @@ def test_alertmanager_config_passes_amtool(tmp_path, webhook):
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed here")
 def test_engine_unit_is_hardened(tmp_path):
     unit = tmp_path / "nas-ai-engine.service"
-    unit.write_text(render("service/nas-ai-engine.service.j2", model_name="m", user="nas-ai",
+    unit.write_text(render("service/nas-ai-engine.service.j2", state_dir="nas-ai-engine", user="nas-ai",
                            app_dir="/opt/nas-ai/engine/app", python="/usr/bin/python3",
-                           config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300,
+                           config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300, reload_timeout=960,
                            server="llama-server", runtime_dir="nas-ai-engine",
                            firewall_unit="nas-ai-firewall.service", allowed_addresses=["10.213.0.11", "fd00::12"]))
     text = unit.read_text()
     assert "BindsTo=nas-ai-firewall.service" in text
+    # The article's reload swaps the model: the command waits for the front's verdict.
+    assert "ExecReload=/usr/bin/python3 -m nas_ai_engine reload --config /etc/nas-ai/engine.json --pid $MAINPID" in text
     assert "IPAddressDeny=any\nIPAddressAllow=localhost 10.213.0.11 fd00::12\n" in text
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
                              "--no-pager", str(unit)], capture_output=True, text=True)

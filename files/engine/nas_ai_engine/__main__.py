@@ -1,10 +1,10 @@
-"""`python -m nas_ai_engine serve|wait-ready|smoke`: the engine process, its readiness probe and
-the inference that proves a new build before it goes live."""
+"""`python -m nas_ai_engine serve|wait-ready|reload|worker|smoke`: the engine process, its readiness
+probe, the model swap systemd asks for on reload, a llama-cpp-python worker, and the inference that
+proves a new build before it goes live."""
 
 import argparse
 import json
 import sys
-import time
 
 from nas_ai_engine import readiness
 
@@ -15,41 +15,31 @@ def _load(config_path: str) -> dict:
 
 
 def serve(config: dict) -> None:
-    from nas_ai_engine import bounds, metrics
-    from nas_ai_engine.guard import Guard
+    """The front: children on the model that model.json names, behind the guard (native.py)."""
+    import asyncio
 
-    model, server = config["model"], config["server"]
-    metrics.MODEL.info({"model": model["alias"], "sha256": model["sha256"], "server": server})
-    info = {"status": "ok", "model": model["alias"], "sha256": model["sha256"], "server": server}
+    from nas_ai_engine import bounds, native
+    from nas_ai_engine.guard import Guard
 
     limits = config["guard"]
 
-    def guard(app, extra_metrics=None):
-        return Guard(app, info, config["api_key"], bounds.Limits(
+    def guard(app, health, extra_metrics=None):
+        return Guard(app, health, config["api_key"], bounds.Limits(
             max_tokens=limits["max_tokens"], max_logprobs=limits["max_logprobs"],
             max_logit_bias=limits["max_logit_bias"], default_max_tokens=limits["default_max_tokens"]),
             limits["max_body_bytes"], extra_metrics)
 
-    if server == "llama-server" or config.get("workers", 1) > 1:
-        import asyncio
-
-        from nas_ai_engine import native
-        front = native.serve if server == "llama-server" else native.serve_workers
-        asyncio.run(front(config, guard))
-    else:
-        _serve_llama_cpp_python(config, guard)
+    asyncio.run(native.serve(config, guard))
 
 
-def worker(config: dict, index: int) -> None:
+def worker(config: dict, index: int, model_path: str, alias: str, socket_path: str) -> None:
     """One llama-cpp-python worker on its socket, with its share of the threads."""
-    from nas_ai_engine import native
-
     threads = max(1, config["model"]["n_threads"] // config["workers"])
-    config = dict(config, model=dict(config["model"], n_threads=threads))
-    _serve_llama_cpp_python(config, None, uds=native.worker_socket(config, index))
+    model = dict(config["model"], n_threads=threads, path=model_path, alias=alias)
+    _serve_llama_cpp_python(dict(config, model=model), socket_path)
 
 
-def _serve_llama_cpp_python(config: dict, guard, uds: str | None = None) -> None:
+def _serve_llama_cpp_python(config: dict, uds: str) -> None:
     import uvicorn
     from llama_cpp.server import app as server_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -58,7 +48,7 @@ def _serve_llama_cpp_python(config: dict, guard, uds: str | None = None) -> None
 
     model = config["model"]
     server_settings = ServerSettings(
-        host=config["host"], port=config["port"], api_key=config["api_key"],
+        api_key=config["api_key"],
         # The default (true) ends a stream early whenever another request waits: a second user
         # would cut off the first.
         interrupt_requests=False,
@@ -72,17 +62,8 @@ def _serve_llama_cpp_python(config: dict, guard, uds: str | None = None) -> None
     )
     app = server_app.create_app(server_settings=server_settings, model_settings=[model_settings])
     metrics.time_the_lock(server_app)
-    # Warm-up before the port opens: the first request does not pay for page-ins and graph setup.
-    started = time.monotonic()
-    server_app._llama_proxy().create_completion("Hello", max_tokens=1)
-    print(f"nas_ai_engine: model {model['alias']} ({model['sha256'][:12]}) warm in "
-          f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-    if uds:  # a worker behind the front, which guards and measures
-        uvicorn.run(app, uds=uds, log_level="warning", access_log=False)
-    else:
-        from nas_ai_engine.native import KEEP_ALIVE_S
-        uvicorn.run(guard(app), host=config["host"], port=config["port"], log_level="warning", access_log=False,
-                    timeout_keep_alive=KEEP_ALIVE_S)
+    # Behind the front, which guards, measures and probes it before any client request.
+    uvicorn.run(app, uds=uds, log_level="warning", access_log=False)
 
 
 def wait_ready(config: dict, timeout: float) -> None:
@@ -108,11 +89,15 @@ def smoke(model_path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="nas_ai_engine")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("serve", "wait-ready", "worker"):
+    for name in ("serve", "wait-ready", "worker", "reload"):
         command = commands.add_parser(name)
         command.add_argument("--config", required=True)
         command.add_argument("--timeout", type=float, default=300)
         command.add_argument("--index", type=int, default=0)
+        command.add_argument("--model", help="worker: the model file")
+        command.add_argument("--alias", help="worker: the model's name")
+        command.add_argument("--socket", help="worker: where it listens")
+        command.add_argument("--pid", type=int, help="reload: the front's PID ($MAINPID)")
     smoke_command = commands.add_parser("smoke")
     smoke_command.add_argument("model_path")
     smoke_command.add_argument("--llama-server", help="also prove this llama-server binary")
@@ -125,7 +110,10 @@ def main() -> None:
     elif args.command == "serve":
         serve(dict(_load(args.config), config_path=args.config))
     elif args.command == "worker":
-        worker(_load(args.config), args.index)
+        worker(_load(args.config), args.index, args.model, args.alias, args.socket)
+    elif args.command == "reload":
+        from nas_ai_engine import native
+        native.request_reload(_load(args.config), args.pid, args.timeout)
     else:
         wait_ready(_load(args.config), args.timeout)
 

@@ -56,3 +56,6 @@ def time_the_lock(server_app) -> None:
             await inner.aclose()  # releases the engine's locks
 
     server_app.get_llama_proxy = timed_get_llama_proxy
+SWAPS = Counter("nas_ai_engine_model_swaps", "Model swaps by result: ok, probe_failed (the old model "
+                "serves on), rolled_back (the new one crashed or failed within the rollback window)",
+                ["result"], registry=REGISTRY)

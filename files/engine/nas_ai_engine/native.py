@@ -1,12 +1,24 @@
 """The engine's front for child processes: llama.cpp's own `llama-server` (continuous batching
 over parallel slots), or several llama-cpp-python workers. Children listen on sockets in the
-unit's runtime directory; the front puts the same guard, health, warm-up and metrics before them
-as before the in-process llama-cpp-python engine. If a child dies, the front exits and systemd
-restarts the unit."""
+unit's runtime directory; the front puts the guard, health, probe and metrics before them.
+
+Children come in pools, one pool per model generation. A reload (`systemctl reload`, SIGUSR1)
+starts a pool on the model that model.json now names and probes it before any client request
+reaches it; then new requests take the new pool's tickets while the old pool drains and stops
+(blue/green), or, when the memory budget holds one pool alone, they wait in the front while the
+old pool drains, stops and the new one loads (queue). A probe that fails leaves the old model
+serving. Within the rollback window, a new pool that crashes or answers too many 5xx is replaced
+by the previous model, and the front remembers that across restarts (rollback.json)."""
 
 import asyncio
+import collections
+import json
+import os
+import signal
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from nas_ai_engine import metrics, readiness, uds_http
 from nas_ai_engine.guard import GUARDED_PATHS
@@ -14,10 +26,14 @@ from nas_ai_engine.guard import GUARDED_PATHS
 # Hop-by-hop headers and those the ASGI server sets itself.
 _NOT_FORWARDED = uds_http.HOP_BY_HOP | {b"host", b"date", b"server"}
 
-
 # Longer than nginx's keepalive_timeout to its upstreams (60 s): the gateway, not the engine,
 # closes idle connections, so nginx never sends a request on a connection being closed.
 KEEP_ALIVE_S = 75
+# The probe's completion: greedy, fixed seed, end of text ignored where the engine allows it, so
+# every model writes the same number of tokens and its decode speed is comparable.
+PROBE_PROMPT = "Write a short note about keeping files safe on a home NAS."
+PROBE_TOKENS = 24
+SWAP_RESULTS = ("ok", "probe_failed", "rolled_back")
 
 
 def command(config: dict) -> list[str]:
@@ -38,18 +54,84 @@ def command(config: dict) -> list[str]:
     ]
 
 
-class Upstream:
-    """ASGI app forwarding each request to a backend socket (llama-server's, or one per
-    llama-cpp-python worker) and streaming its answer back as it comes. Generation requests take a
-    ticket first: one per llama-server slot, one per worker. Those without a ticket wait here,
-    which is where the queue wait is measured. A client that goes away cancels its request, which
-    frees the slot at once."""
+def with_model(config: dict, model: dict, socket_path: str | None = None) -> dict:
+    """The engine's config with one model's path and alias in it (and a socket of its own)."""
+    native = dict(config["native"], socket=socket_path) if socket_path else config["native"]
+    return dict(config, model=dict(config["model"], path=model["path"], alias=model["alias"]), native=native)
 
-    def __init__(self, tickets: list[str], api_key: str):
-        self.any_socket, self.api_key = tickets[0], api_key
-        self.idle: asyncio.Queue = asyncio.Queue()
-        for socket_path in tickets:
-            self.idle.put_nowait(socket_path)
+
+class SwapFailed(Exception):
+    """A new pool failed to load or failed a check of its probe: `check` names which."""
+
+    def __init__(self, check: str, message: str):
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass(eq=False)
+class Pool:
+    """The children serving one model. Its tickets (one per llama-server slot, one per worker) are
+    what a generation request takes to reach them."""
+    generation: int
+    model: dict
+    children: list
+    sockets: list[str]
+    free: list[str]
+    size: int = 0
+    speed: float | None = None  # decode tokens/s its probe measured
+    outcomes: collections.deque = field(default_factory=collections.deque)  # failed or not, newest last
+
+    def __post_init__(self):
+        self.size = len(self.free)
+
+
+class Upstream:
+    """ASGI app forwarding each request to the live pool's children and streaming their answer back
+    as it comes. Generation requests take a ticket first; those without one wait here, which is
+    where the queue wait is measured, and where they wait while a model is swapped. A client that
+    goes away cancels its request, which frees the slot at once."""
+
+    def __init__(self, api_key: str, pool: Pool | None = None):
+        self.api_key, self.pool = api_key, pool
+        self._waiters: list[asyncio.Future] = []
+        self.on_outcome = None  # (pool, failed) after each generation request the engine answered
+
+    def switch(self, pool: Pool | None) -> None:
+        """New requests go to `pool` (None: they wait until a pool is switched in)."""
+        self.pool = pool
+        self._wake()
+
+    def give(self, pool: Pool, ticket: str) -> None:
+        pool.free.append(ticket)
+        self._wake()
+
+    async def take(self) -> tuple[Pool, str]:
+        while True:
+            pool = self.pool
+            if pool is not None and pool.free:
+                return pool, pool.free.pop(0)
+            await self._changed()
+
+    async def live(self) -> Pool:
+        while self.pool is None:
+            await self._changed()
+        return self.pool
+
+    async def drained(self, pool: Pool) -> None:
+        """Until every ticket of `pool` is back: its requests in flight have ended."""
+        while len(pool.free) < pool.size:
+            await self._changed()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _changed(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -86,17 +168,20 @@ class Upstream:
             pass
 
     async def _forward(self, request, send, generation: bool) -> None:
-        socket_path = self.any_socket
         if generation:
             arrival = time.monotonic()
             metrics.WAITING.inc()
             try:
-                socket_path = await self.idle.get()
+                pool, ticket = await self.take()
             finally:
                 metrics.WAITING.dec()
             metrics.QUEUE_WAIT.observe(time.monotonic() - arrival)
+        else:
+            pool = await self.live()
+            ticket = pool.sockets[0]
+        failed: bool | None = True
         try:
-            answer = await uds_http.exchange(socket_path, *request)
+            answer = await uds_http.exchange(ticket, *request)
             try:
                 await send({"type": "http.response.start", "status": answer.status,
                             "headers": [(name.lower(), value) for name, value in answer.headers
@@ -104,16 +189,26 @@ class Upstream:
                 async for piece in answer.chunks():
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                failed = answer.status >= 500
             finally:
                 answer.close()
+        except asyncio.CancelledError:
+            failed = None  # the client left: no verdict on the engine
+            raise
         finally:
             if generation:
-                self.idle.put_nowait(socket_path)
+                self.give(pool, ticket)
+                if failed is not None and self.on_outcome is not None:
+                    self.on_outcome(pool, failed)
 
     async def metrics_text(self) -> bytes:
         """llama-server's own counters (llamacpp:*), appended to this engine's /metrics."""
+        pool = self.pool
+        if pool is None:
+            return b""
         try:
-            status, body = await uds_http.fetch(self.any_socket, "GET", "/metrics", _bearer(self.api_key), timeout=5.0)
+            status, body = await uds_http.fetch(pool.sockets[0], "GET", "/metrics", _bearer(self.api_key),
+                                                timeout=5.0)
         except uds_http.UNREACHABLE:
             return b""
         return body if status == 200 else b""
@@ -128,7 +223,6 @@ def _die_with_parent() -> None:
     SIGTERM after its shutdown, so the front may end before it can stop its children, and on
     cgroup v1 systemd may not find them)."""
     import ctypes
-    import signal
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -141,7 +235,7 @@ async def _spawn(*command: str, env: dict | None = None):
 async def _until_ready(socket_path: str, child, path: str, api_key: str, deadline: float) -> None:
     async def answers() -> bool:
         if child.returncode is not None:
-            sys.exit(f"nas_ai_engine: a child exited with {child.returncode} while loading")
+            raise SwapFailed("load", f"the engine exited with {child.returncode} while loading the model")
         try:
             status, _ = await uds_http.fetch(socket_path, "GET", path, _bearer(api_key), timeout=5.0)
         except uds_http.UNREACHABLE:
@@ -149,81 +243,357 @@ async def _until_ready(socket_path: str, child, path: str, api_key: str, deadlin
         return status == 200
 
     if not await readiness.ready_within_async(answers, deadline - time.monotonic(), interval=0.2):
-        sys.exit("nas_ai_engine: the engine did not load its model in time")
+        raise SwapFailed("load", "the engine did not load the model in time")
 
 
-async def _front(config: dict, guard_factory, children: list, upstream: "Upstream", extra_metrics=None) -> None:
-    """Serve the guard over the upstream until a signal, or until a child dies (then exit 1 so
-    systemd restarts the whole unit)."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(guard_factory(upstream, extra_metrics), host=config["host"],
-                                           port=config["port"], log_level="warning", access_log=False,
-                                           timeout_keep_alive=KEEP_ALIVE_S))
-    serving = asyncio.ensure_future(server.serve())
-    exits = [asyncio.ensure_future(child.wait()) for child in children]
-    done, _ = await asyncio.wait({serving, *exits}, return_when=asyncio.FIRST_COMPLETED)
-    for waiting in exits:
-        waiting.cancel()
-    if serving not in done:
-        server.should_exit = True
-        await serving
-        sys.exit(f"nas_ai_engine: a child exited with {[c.returncode for c in children]}")
+def runtime_dir(config: dict) -> Path:
+    return Path(config["native"]["socket"]).parent
 
 
-async def _stop(children: list) -> None:
-    for child in children:
-        if child.returncode is None:
-            child.terminate()
-    for child in children:
-        await child.wait()
-
-
-async def serve(config: dict, guard_factory) -> None:
-    """llama-server as this process's child, behind the guard."""
-    import json
-    import os
-
-    native, model = config["native"], config["model"]
-    socket_path, key = native["socket"], config["api_key"]
-    child = await _spawn(*command(config), env=dict(os.environ, LLAMA_API_KEY=key))
-    try:
-        deadline = time.monotonic() + config.get("ready_timeout_s", 300)
-        await _until_ready(socket_path, child, "/health", key, deadline)
-        # Warm-up before the port opens: the first request does not pay for page-ins and graph setup.
-        started = time.monotonic()
-        status, answer = await uds_http.fetch(
-            socket_path, "POST", "/v1/completions", _bearer(key) + [(b"content-type", b"application/json")],
-            json.dumps({"prompt": "Hello", "max_tokens": 1}).encode())
-        if status != 200:
-            sys.exit(f"nas_ai_engine: llama-server's warm-up answered {status}: {answer[:500]!r}")
-        print(f"nas_ai_engine: llama-server with {native['parallel']} slots, model {model['alias']} "
-              f"({model['sha256'][:12]}) warm in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-        upstream = Upstream([socket_path] * native["parallel"], key)
-        await _front(config, guard_factory, [child], upstream, upstream.metrics_text)
-    finally:
-        await _stop([child])
-
-
-def worker_socket(config: dict, index: int) -> str:
-    return str(config["native"]["socket"]).replace("llama-server.sock", f"worker-{index}.sock")
-
-
-async def serve_workers(config: dict, guard_factory) -> None:
-    """llama-cpp-python serves one request at a time per process: several worker processes (the
-    model's pages shared through mmap), each taking one request at a time from this front."""
-    workers = config["workers"]
-    children = [await _spawn(sys.executable, "-m", "nas_ai_engine", "worker", "--config", config["config_path"],
-                             "--index", str(index)) for index in range(workers)]
-    sockets = [worker_socket(config, index) for index in range(workers)]
+async def start_pool(config: dict, model: dict, generation: int) -> Pool:
+    """Children on `model`, each on a socket of its own generation, ready to answer."""
+    key, run = config["api_key"], runtime_dir(config)
+    if config["server"] == "llama-server":
+        socket_path = str(run / f"llama-server-{generation}.sock")
+        children = [await _spawn(*command(with_model(config, model, socket_path)),
+                                 env=dict(os.environ, LLAMA_API_KEY=key))]
+        sockets, tickets, ready_path = [socket_path], [socket_path] * config["native"]["parallel"], "/health"
+    else:  # llama-cpp-python serves one request at a time per process: one ticket per worker
+        sockets = [str(run / f"worker-{generation}-{index}.sock") for index in range(config["workers"])]
+        children = [await _spawn(sys.executable, "-m", "nas_ai_engine", "worker", "--config", config["config_path"],
+                                 "--index", str(index), "--model", model["path"], "--alias", model["alias"],
+                                 "--socket", socket_path) for index, socket_path in enumerate(sockets)]
+        tickets, ready_path = list(sockets), "/v1/models"
+    pool = Pool(generation, model, children, sockets, tickets)
     try:
         deadline = time.monotonic() + config.get("ready_timeout_s", 300)
         for child, socket_path in zip(children, sockets):
-            await _until_ready(socket_path, child, "/v1/models", config["api_key"], deadline)
-        print(f"nas_ai_engine: {workers} llama-cpp-python workers ready", file=sys.stderr, flush=True)
-        await _front(config, guard_factory, children, Upstream(sockets, config["api_key"]))
+            await _until_ready(socket_path, child, ready_path, key, deadline)
+    except BaseException:
+        await stop_pool(pool)
+        raise
+    return pool
+
+
+async def stop_pool(pool: Pool) -> None:
+    for child in pool.children:
+        if child.returncode is None:
+            child.terminate()
+    for child in pool.children:
+        await child.wait()
+    for socket_path in pool.sockets:
+        Path(socket_path).unlink(missing_ok=True)
+
+
+async def probe(config: dict, pool: Pool, reference: Pool | None) -> None:
+    """Before a client request reaches the pool: it serves the expected file, writes tokens of a
+    greedy completion within the bound, and decodes at least a share of the reference model's
+    speed scaled by the ratio of their sizes (weights are read once per token). Raises SwapFailed."""
+    model, socket_path, key = pool.model, pool.sockets[0], config["api_key"]
+    timeout = config["probe"]["timeout_s"]
+    request = {"prompt": PROBE_PROMPT, "max_tokens": PROBE_TOKENS, "temperature": 0, "seed": 42}
+    try:
+        if config["server"] == "llama-server":
+            status, body = await uds_http.fetch(socket_path, "GET", "/props", _bearer(key), timeout=10.0)
+            loaded = json.loads(body).get("model_path") if status == 200 else f"(/props answered {status})"
+            request["ignore_eos"] = True
+        else:
+            status, body = await uds_http.fetch(socket_path, "GET", "/v1/models", _bearer(key), timeout=10.0)
+            names = [entry.get("id") for entry in json.loads(body).get("data", [])] if status == 200 else []
+            loaded = model["path"] if model["alias"] in names else f"models {names}"
+        if loaded != model["path"]:
+            raise SwapFailed("identity", f"the engine serves {loaded}, not {model['path']}")
+        started = time.monotonic()
+        status, body = await uds_http.fetch(
+            socket_path, "POST", "/v1/completions", _bearer(key) + [(b"content-type", b"application/json")],
+            json.dumps(request).encode(), timeout=timeout)
+        elapsed = time.monotonic() - started
+        answer = json.loads(body)
+    except TimeoutError:
+        raise SwapFailed("completion", f"no answer to a {PROBE_TOKENS}-token completion within {timeout:.0f} s") from None
+    except (uds_http.BackendError, OSError) as error:
+        raise SwapFailed("completion", f"the engine failed while answering: {error}") from None
+    except ValueError:
+        raise SwapFailed("completion", f"the engine answered something that is not JSON: {body[:200]!r}") from None
+    if status != 200:
+        raise SwapFailed("completion", f"the completion answered {status}: {body[:300]!r}")
+    tokens = (answer.get("usage") or {}).get("completion_tokens", 0)
+    if tokens < 1:
+        raise SwapFailed("completion", "the completion wrote no token")
+    speed = (answer.get("timings") or {}).get("predicted_per_second") or tokens / elapsed
+    if reference is not None and reference.speed:
+        share = config["probe"]["min_speed_share"]
+        floor = share * reference.speed * reference.model["size"] / model["size"]
+        if speed < floor:
+            raise SwapFailed("speed", f"decodes {speed:.1f} tokens/s, below {floor:.1f} ({share:g} x "
+                                      f"{reference.speed:.1f} tokens/s of {reference.model['alias']} x its size "
+                                      f"ratio {reference.model['size'] / model['size']:.2f})")
+    pool.speed = speed
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    partial.replace(path)
+
+
+class Supervisor:
+    """Starts the first pool, swaps pools on reload, rolls back within the window, and reports
+    each swap in swap.json (runtime directory) for `nas_ai_engine reload`, which systemd runs."""
+
+    def __init__(self, config: dict, upstream: Upstream, health: dict):
+        self.config, self.upstream, self.health = config, upstream, health
+        self.swap_file = runtime_dir(config) / "swap.json"
+        self.rollback_file = Path(config["state_dir"]) / "rollback.json"
+        self.live: Pool | None = None
+        self.previous: Pool | None = None  # the model before the last swap, while its window is open
+        self.swapped_at = 0.0
+        self.retiring: set[Pool] = set()
+        self.generation = 0
+        self.received = self.handled = 0
+        self.reload_requested, self.rollback_requested = asyncio.Event(), asyncio.Event()
+        self.rollback_reason = ""
+        self.report = {"result": "starting"}
+        upstream.on_outcome = self._outcome
+        for result in SWAP_RESULTS:
+            metrics.SWAPS.labels(result)
+
+    # -- what to serve
+    def wanted(self, at_start: bool) -> dict:
+        with open(self.config["model_config"]) as model_file:
+            model = json.load(model_file)
+        if at_start and self.rollback_file.exists():
+            rollback = json.loads(self.rollback_file.read_text())
+            if rollback["from"]["sha256"] == model["sha256"]:
+                self._log(f"model {model['alias']} ({model['sha256'][:12]}) was rolled back at "
+                          f"{rollback['at']}: {rollback['reason']}; serving {rollback['to']['alias']} "
+                          f"({rollback['to']['sha256'][:12]})")
+                return rollback["to"]
+        return model
+
+    def signalled(self) -> None:
+        """SIGUSR1: noted at once (the reload command waits for a swap handled after it)."""
+        self.received += 1
+        self._publish()
+        self.reload_requested.set()
+
+    def _publish(self) -> None:
+        _write_json(self.swap_file, dict(self.report, received=self.received, handled=self.handled))
+
+    def _record(self, result: str, message: str, **figures) -> None:
+        if result in SWAP_RESULTS:
+            metrics.SWAPS.labels(result).inc()
+        live = self.live.model if self.live else {}
+        self.report = {"result": result, "message": message, "alias": live.get("alias"),
+                       "sha256": live.get("sha256"), **{k: round(v, 2) for k, v in figures.items()}}
+        self._publish()
+        self._log(f"swap {result}: {message}" + "".join(f", {k} {v:.1f}" for k, v in figures.items()))
+
+    @staticmethod
+    def _log(line: str) -> None:
+        print(f"nas_ai_engine: {line}", file=sys.stderr, flush=True)
+
+    def _next_generation(self) -> int:
+        self.generation += 1
+        return self.generation
+
+    def _go_live(self, pool: Pool) -> None:
+        self.live = pool
+        self.upstream.switch(pool)
+        self.health.update(model=pool.model["alias"], sha256=pool.model["sha256"])
+        metrics.MODEL.info({"model": pool.model["alias"], "sha256": pool.model["sha256"],
+                            "server": self.config["server"]})
+
+    # -- life cycle
+    async def start(self) -> None:
+        started = time.monotonic()
+        model = self.wanted(at_start=True)
+        pool = await start_pool(self.config, model, self._next_generation())
+        try:
+            await probe(self.config, pool, None)
+        except SwapFailed:
+            await stop_pool(pool)
+            raise
+        self._go_live(pool)
+        self._record("started", f"{model['alias']} ({model['sha256'][:12]}) on {self.config['server']}, "
+                                f"{pool.size} tickets, {pool.speed:.1f} tokens/s",
+                     seconds=time.monotonic() - started)
+
+    async def watch(self, serving: asyncio.Future) -> str | None:
+        """Until the server ends (None) or a live child dies outside the rollback window (why)."""
+        while True:
+            exits = {asyncio.ensure_future(child.wait()) for child in self.live.children}
+            reload = asyncio.ensure_future(self.reload_requested.wait())
+            rollback = asyncio.ensure_future(self.rollback_requested.wait())
+            done, pending = await asyncio.wait({serving, reload, rollback, *exits},
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for waiting in pending - {serving}:
+                waiting.cancel()
+            if serving in done:
+                return None
+            if exits & done:
+                codes = [child.returncode for child in self.live.children]
+                if not self._window_open():
+                    return f"a child exited with {codes}"
+                self.rollback_reason = f"the engine exited with {codes}"
+                self.rollback_requested.set()
+            if self.rollback_requested.is_set():
+                self.rollback_requested.clear()
+                if self._window_open():
+                    await self._roll_back(self.rollback_reason)
+                continue
+            if reload in done:
+                self.reload_requested.clear()
+                await self._reload()
+
+    def _window_open(self) -> bool:
+        return self.previous is not None and \
+            time.monotonic() - self.swapped_at < self.config["rollback"]["window_s"]
+
+    def _outcome(self, pool: Pool, failed: bool) -> None:
+        """After each generation request: within the window, too many failures roll back."""
+        if pool is not self.live or not self._window_open():
+            return
+        rules = self.config["rollback"]
+        pool.outcomes.append(failed)
+        while len(pool.outcomes) > rules["requests"]:
+            pool.outcomes.popleft()
+        failures = sum(pool.outcomes)
+        if len(pool.outcomes) == rules["requests"] and failures >= rules["error_share"] * rules["requests"]:
+            self.rollback_reason = f"{failures} of its last {rules['requests']} requests failed"
+            self.rollback_requested.set()
+
+    async def _reload(self) -> None:
+        self.handled = self.received
+        try:
+            model = self.wanted(at_start=False)
+        except (OSError, ValueError, KeyError) as error:
+            return self._record("refused", f"cannot read {self.config['model_config']}: {error}")
+        if model["sha256"] == self.live.model["sha256"]:
+            self.rollback_file.unlink(missing_ok=True)  # asked for what serves: no rollback stands
+            return self._record("unchanged", f"{model['alias']} ({model['sha256'][:12]}) serves already")
+        old = self.live
+        try:
+            figures = await self._swap(model, model.get("swap", "blue-green"), reference=old)
+        except SwapFailed as failure:
+            return self._record("probe_failed", f"{model['alias']} ({model['sha256'][:12]}) failed its "
+                                                f"{failure.check} check: {failure}; {old.model['alias']} "
+                                                f"({old.model['sha256'][:12]}) serves on")
+        self.previous, self.swapped_at = old, time.monotonic()
+        self.rollback_file.unlink(missing_ok=True)
+        self._record("ok", f"{old.model['alias']} ({old.model['sha256'][:12]}) -> {model['alias']} "
+                           f"({model['sha256'][:12]}), {model.get('swap', 'blue-green')}, "
+                           f"{self.live.speed:.1f} tokens/s", **figures)
+
+    async def _swap(self, model: dict, mode: str, reference: Pool | None) -> dict:
+        """Put a pool on `model` live; the old one drains and stops. Raises SwapFailed with the old
+        pool serving (queue mode: started again)."""
+        started, old = time.monotonic(), self.live
+        figures = {}
+        if mode == "queue" or not any(child.returncode is None for child in old.children):
+            self.upstream.switch(None)  # new requests wait in the front
+            await self.upstream.drained(old)
+            await stop_pool(old)
+            figures["drain_seconds"] = time.monotonic() - started
+            old = None
+        try:
+            loading = time.monotonic()
+            pool = await start_pool(self.config, model, self._next_generation())
+            figures["load_seconds"] = time.monotonic() - loading
+            try:
+                probing = time.monotonic()
+                await probe(self.config, pool, reference)
+                figures["probe_seconds"] = time.monotonic() - probing
+            except SwapFailed:
+                await stop_pool(pool)
+                raise
+        except SwapFailed:
+            if old is None:  # queue: the old model loads again
+                restored = await start_pool(self.config, self.live.model, self._next_generation())
+                restored.speed = self.live.speed
+                self._go_live(restored)
+            raise
+        self._go_live(pool)
+        figures["live_after_seconds"] = time.monotonic() - started
+        if old is not None:
+            self.retiring.add(old)
+            asyncio.ensure_future(self._retire(old))
+        return figures
+
+    async def _retire(self, pool: Pool) -> None:
+        started = time.monotonic()
+        await self.upstream.drained(pool)
+        await stop_pool(pool)
+        self.retiring.discard(pool)
+        self._log(f"{pool.model['alias']} ({pool.model['sha256'][:12]}) drained in "
+                  f"{time.monotonic() - started:.1f} s and stopped")
+
+    async def _roll_back(self, reason: str) -> None:
+        bad, good = self.live, self.previous
+        self.previous = None  # one rollback per swap
+        _write_json(self.rollback_file, {"from": bad.model, "to": good.model, "reason": reason,
+                                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        try:
+            figures = await self._swap(good.model, bad.model.get("swap", "blue-green"), reference=None)
+        except SwapFailed as failure:
+            sys.exit(f"nas_ai_engine: rollback to {good.model['alias']} failed its {failure.check} check: {failure}")
+        self._record("rolled_back", f"{bad.model['alias']} ({bad.model['sha256'][:12]}) -> {good.model['alias']} "
+                                    f"({good.model['sha256'][:12]}) because {reason}", **figures)
+
+    async def stop(self) -> None:
+        for pool in [self.live, *self.retiring]:
+            if pool is not None:
+                await stop_pool(pool)
+
+
+async def serve(config: dict, guard_factory) -> None:
+    """The children behind the guard, until a signal, or until a live child dies outside the
+    rollback window (then exit 1 so systemd restarts the whole unit)."""
+    import uvicorn
+
+    health = {"status": "ok", "model": None, "sha256": None, "server": config["server"]}
+    upstream = Upstream(config["api_key"])
+    supervisor = Supervisor(config, upstream, health)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, supervisor.signalled)
+    try:
+        try:
+            await supervisor.start()
+        except SwapFailed as failure:
+            sys.exit(f"nas_ai_engine: the model failed its {failure.check} check: {failure}")
+        extra = upstream.metrics_text if config["server"] == "llama-server" else None
+        server = uvicorn.Server(uvicorn.Config(guard_factory(upstream, health, extra), host=config["host"],
+                                               port=config["port"], log_level="warning", access_log=False,
+                                               timeout_keep_alive=KEEP_ALIVE_S))
+        serving = asyncio.ensure_future(server.serve())
+        failure = await supervisor.watch(serving)
+        if failure is not None:
+            server.should_exit = True
+            await serving
+            sys.exit(f"nas_ai_engine: {failure}")
     finally:
-        await _stop(children)
+        await supervisor.stop()
+
+
+def request_reload(config: dict, pid: int, timeout: float) -> None:
+    """`systemctl reload`: signal the front, then wait for its report of a swap handled after the
+    signal; exit 1 with the report's message unless the new model serves (or served already)."""
+    swap_file = runtime_dir(config) / "swap.json"
+
+    def report() -> dict:
+        try:
+            return json.loads(swap_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    before = report().get("received", 0)
+    os.kill(pid, signal.SIGUSR1)
+    answered = readiness.ready_within(lambda: report().get("handled", 0) > before, timeout, interval=0.2)
+    result = report()
+    if not answered:
+        sys.exit(f"nas_ai_engine reload: no swap report within {timeout:.0f} s")
+    print(f"nas_ai_engine reload: {result['result']}: {result.get('message', '')}")
+    if result["result"] not in ("ok", "unchanged"):
+        sys.exit(1)
 
 
 def smoke(binary: str, model_path: str, timeout: float = 900) -> None:

@@ -1,0 +1,223 @@
+"""Model changes on the lab pair while 4 Locust users stream through the gateway (issue 11): a
+change of model and the way back, a model that cannot load, and one that crashes once live. No
+request may fail; each case prints its figures (swap and rollback times, time to first token of
+a fifth user that asks every half second, before and during the swaps)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from nas_ai_engine.sse import DataParser
+
+from lab.waiting import wait_until
+from tasks.monitoring import ALERTMANAGER_ADDRESS
+from tasks.settings import BUNDLED_MODEL
+from tests.lab import models
+from tests.lab.harness import ROOT, deploy, deploy_failure, deployed, http_from, lab_host, ssh_tunnel
+
+pytestmark = pytest.mark.lab
+LAB = "inventory/lab.py"
+SMOLLM = "smollm2-135m-instruct"
+STORE = "/data/models"
+
+
+@contextmanager
+def locust_load(gateway_url: str, api_key: str, prefix, seconds: int):
+    """4 streaming users for `seconds` (bounded in requests too); yields the process. Afterwards
+    the caller reads `requests_and_failures(prefix)`."""
+    env = dict(os.environ, NAS_AI_API_KEY=api_key)
+    env.pop("LOCUST_SKIP_MONKEY_PATCH", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--host", gateway_url,
+         "--headless", "-u", "4", "-r", "4", "-t", f"{seconds}s", "--max-requests", "3000", "--stream-share", "1",
+         "--think-time", "0.5", "--csv", str(prefix), "--only-summary",
+         # The users' model is whichever serves: llama-server serves one, whatever the request names.
+         "--model", SMOLLM],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+        process.wait(timeout=seconds + 120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def requests_and_failures(prefix) -> tuple[int, int, list[str]]:
+    with open(f"{prefix}_stats.csv") as stats:
+        rows = [row for row in csv.DictReader(stats) if row["Type"] == "POST"]
+    errors = []
+    if os.path.exists(f"{prefix}_failures.csv"):
+        with open(f"{prefix}_failures.csv") as failures:
+            errors = [f"{row['Occurrences']}x {row['Error']}" for row in csv.DictReader(failures)]
+    return sum(int(r["Request Count"]) for r in rows), sum(int(r["Failure Count"]) for r in rows), errors
+
+
+class Observer(threading.Thread):
+    """A fifth user: a short streamed question every half second; records (sent, time to first
+    token, error)."""
+
+    def __init__(self, url: str, key: str):
+        super().__init__(daemon=True)
+        self.url, self.key, self.records, self.stop = url, key, [], threading.Event()
+
+    def run(self):
+        body = {"model": SMOLLM, "max_tokens": 8, "stream": True,
+                "messages": [{"role": "user", "content": "Name one colour."}]}
+        with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {self.key}"}) as client:
+            while not self.stop.is_set():
+                sent, first, error, events = time.monotonic(), None, None, DataParser()
+                try:
+                    with client.stream("POST", f"{self.url}/v1/chat/completions", json=body) as response:
+                        if response.status_code != 200:
+                            error = f"HTTP {response.status_code}"
+                        for chunk in response.iter_bytes():
+                            first = first or time.monotonic()
+                            events.feed(chunk)
+                    if error is None and not events.done:
+                        error = "stream without [DONE]"
+                except httpx.HTTPError as failure:
+                    error = f"{type(failure).__name__}: {failure}"
+                self.records.append((sent, (first - sent) if first else None, error))
+                time.sleep(0.5)
+
+    def ttft(self, start: float, end: float) -> str:
+        values = sorted(t for sent, t, error in self.records if start <= sent <= end and t is not None)
+        if not values:
+            return "no request"
+        return f"median {values[len(values) // 2] * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms ({len(values)} requests)"
+
+    def errors(self) -> list:
+        return [record for record in self.records if record[2] is not None]
+
+
+def _report(host) -> dict:
+    return json.loads(host.check_output("cat /run/nas-ai-engine/swap.json"))
+
+
+def _health(host) -> dict:
+    config = json.loads(host.check_output("cat /etc/nas-ai/engine.json"))
+    status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _stored(host) -> set[str]:
+    return set(host.check_output(f"ls {STORE}/*/").split())
+
+
+@pytest.fixture
+def hosts(deployment):
+    names = [name for name, _ in deployment["groups"]["inference"]]
+    yield {name: lab_host(name) for name in names}
+    deployed(LAB, who="model swap: back to the bundled model")  # whatever a test left
+
+
+def test_a_model_change_and_the_way_back_fail_no_request(hosts, gateway_url, api_key, tmp_path):
+    gemma = models.gemma()
+    observer = Observer(gateway_url, api_key)
+    prefix = tmp_path / "swaps"
+    with locust_load(gateway_url, api_key, prefix, 100) as load:
+        observer.start()
+        time.sleep(20)
+        there = time.monotonic()
+        deployed(LAB, *models.model_data(models.GEMMA_NAME, gemma, models.GEMMA_SHA256), who="model swap: to Gemma")
+        there_s = time.monotonic() - there
+        reports_there = {name: _report(host) for name, host in hosts.items()}
+        for name, host in hosts.items():
+            assert reports_there[name]["result"] == "ok" and reports_there[name]["sha256"] == models.GEMMA_SHA256, name
+            assert _health(host)["model"] == models.GEMMA_NAME
+            assert {f"{models.GEMMA_SHA256}.gguf", f"{BUNDLED_MODEL['sha256']}.gguf"} <= _stored(host)
+        listed = {httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"},
+                            timeout=30).json()["data"][0]["id"] for _ in range(4)}
+        assert listed == {models.GEMMA_NAME}
+        time.sleep(10)
+        back = time.monotonic()
+        deployed(LAB, who="model swap: back to SmolLM2 (rollback by deploy)")
+        back_s = time.monotonic() - back
+        assert load.poll() is None, "the load ended before the swaps did: lengthen it"
+        reports_back = {name: _report(host) for name, host in hosts.items()}
+        for name, host in hosts.items():
+            assert reports_back[name]["result"] == "ok" and reports_back[name]["alias"] == SMOLLM, name
+            assert _health(host)["model"] == SMOLLM
+            assert f"{models.GEMMA_SHA256}.gguf" in _stored(host)  # kept for a rollback
+    observer.stop.set()
+    observer.join(timeout=130)
+    sent, failed, errors = requests_and_failures(prefix)
+    warm = observer.records[0][0] if observer.records else there
+    print(f"model swaps under 4 streaming users: to Gemma 3 270M by deploy in {there_s:.1f} s, back to SmolLM2 "
+          f"in {back_s:.1f} s; per host (load, probe, live after): "
+          + "; ".join(f"{name} {r.get('load_seconds')}/{r.get('probe_seconds')}/{r.get('live_after_seconds')} s "
+                      f"then {rb.get('load_seconds')}/{rb.get('probe_seconds')}/{rb.get('live_after_seconds')} s"
+                      for (name, r), rb in zip(reports_there.items(), reports_back.values()))
+          + f"; Locust: {sent} requests, {failed} failed; fifth user's time to first token before the swaps "
+          f"{observer.ttft(warm, there)}, during them {observer.ttft(there, there + there_s)} and "
+          f"{observer.ttft(back, back + back_s)}; its errors {len(observer.errors())}")
+    assert failed == 0, errors
+    assert sent > 20
+    assert observer.errors() == []
+
+
+def test_a_model_that_cannot_load_stops_the_rollout_and_every_host_serves_on(hosts, gateway_url, api_key, tmp_path):
+    broken, sha = models.truncated(models.gemma())
+    prefix = tmp_path / "broken"
+    with locust_load(gateway_url, api_key, prefix, 60) as load:
+        time.sleep(10)
+        started = time.monotonic()
+        result = deploy(LAB, *models.model_data("gemma-truncated", broken, sha), who="model swap: a truncated model")
+        seconds = time.monotonic() - started
+        assert load.poll() is None
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "did not go live, the old model serves on" in output, deploy_failure(result)
+    assert "failed its load check" in output, deploy_failure(result)
+    assert "rollout stopped after" in output, deploy_failure(result)  # the second host was left untouched
+    for name, host in hosts.items():
+        assert _health(host)["model"] == SMOLLM, name
+        assert json.loads(host.check_output("cat /etc/nas-ai/model.json"))["sha256"] == BUNDLED_MODEL["sha256"]
+    sent, failed, errors = requests_and_failures(prefix)
+    print(f"a truncated GGUF (its sha256 pinned): the deploy failed in {seconds:.1f} s naming the load check; "
+          f"Locust: {sent} requests, {failed} failed")
+    assert failed == 0, errors
+
+
+def test_a_new_model_that_crashes_is_rolled_back_and_the_alert_fires(hosts, deployment, gateway_url, api_key):
+    gemma = models.gemma()
+    gemma_data = models.model_data(models.GEMMA_NAME, gemma, models.GEMMA_SHA256)
+    deployed(LAB, *gemma_data, who="model swap: to Gemma, to crash it")
+    name, host = next(iter(hosts.items()))
+    front = host.check_output("systemctl show -p MainPID --value nas-ai-engine")
+    child = host.check_output(f"pgrep -P {front} -x llama-server")
+    assert models.GEMMA_SHA256 in host.check_output(f"tr '\\0' ' ' < /proc/{child}/cmdline")
+    killed = time.monotonic()
+    host.check_output(f"kill -KILL {child}")
+    report = wait_until(lambda: _report(host), 120, f"the engine on {name} to roll back",
+                        ready=lambda r: r["result"] == "rolled_back", interval=0.5)
+    rolled_back_s = time.monotonic() - killed
+    assert report["alias"] == SMOLLM and "exited" in report["message"]
+    assert _health(host)["model"] == SMOLLM
+    record = json.loads(host.check_output("cat /var/lib/nas-ai-engine/rollback.json"))
+    assert record["from"]["sha256"] == models.GEMMA_SHA256 and record["to"]["sha256"] == BUNDLED_MODEL["sha256"]
+    # The same model again is refused, and says why and what to do.
+    again = deploy(LAB, *gemma_data, who="model swap: the rolled-back model again")
+    assert again.returncode != 0
+    assert "was rolled back" in again.stdout + again.stderr and "model_retry" in again.stdout + again.stderr
+    with ssh_tunnel(deployment["groups"]["gateway"][0][0], ALERTMANAGER_ADDRESS) as alertmanager:
+        def fired():
+            alerts = httpx.get(f"{alertmanager}/api/v2/alerts", params={"active": "true"}, timeout=10).json()
+            return [a for a in alerts if a["labels"].get("alertname") == "ModelRolledBack"
+                    and a["labels"].get("node") == name]
+        wait_until(fired, 180, "ModelRolledBack in Alertmanager", interval=2)
+        alert_s = time.monotonic() - killed
+    # A deploy of the model that serves clears the record.
+    deployed(LAB, who="model swap: back to the bundled model after a rollback")
+    assert host.run("test -e /var/lib/nas-ai-engine/rollback.json").rc != 0
+    print(f"a new model killed (SIGKILL) once live: rolled back by the engine in {rolled_back_s:.1f} s "
+          f"(load {report.get('load_seconds')} s, probe {report.get('probe_seconds')} s), ModelRolledBack "
+          f"in Alertmanager {alert_s:.0f} s after the kill")
