@@ -10,6 +10,7 @@ inference = lab_hosts(
     engine_cpu_profile_cap="x86-64-v3",
     # Emulated CPUs load and warm up a model in minutes, not seconds.
     engine_ready_timeout_s=1800,
+    model_probe_timeout_s=1800,  # the probe's 16-token completion: about a minute under TCG
     # Small enough that a test can exceed it on a 4 GB VM.
     service_memory_max=1024**3,
     monitoring_grafana=None,  # in no registry the lab reaches (see inventory/lab.py)

@@ -6,6 +6,7 @@ a fifth user that asks every half second, before and during the swaps)."""
 import csv
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,9 +19,18 @@ from nas_ai_engine.sse import DataParser
 
 from lab.waiting import wait_until
 from tasks.monitoring import ALERTMANAGER_ADDRESS
-from tasks.settings import BUNDLED_MODEL
+from tasks.settings import BUNDLED_MODEL, resolve
 from tests.lab import models
-from tests.lab.harness import ROOT, deploy, deploy_failure, deployed, http_from, lab_host, ssh_tunnel
+from tests.lab.harness import (
+    ALTERNATIVE_INVENTORY,
+    ROOT,
+    deploy,
+    deploy_failure,
+    deployed,
+    http_from,
+    lab_host,
+    ssh_tunnel,
+)
 
 pytestmark = pytest.mark.lab
 LAB = "inventory/lab.py"
@@ -63,14 +73,14 @@ class Observer(threading.Thread):
     """A fifth user: a short streamed question every half second; records (sent, time to first
     token, error)."""
 
-    def __init__(self, url: str, key: str):
+    def __init__(self, url: str, key: str, verify=True):
         super().__init__(daemon=True)
-        self.url, self.key, self.records, self.stop = url, key, [], threading.Event()
+        self.url, self.key, self.verify, self.records, self.stop = url, key, verify, [], threading.Event()
 
     def run(self):
         body = {"model": SMOLLM, "max_tokens": 8, "stream": True,
                 "messages": [{"role": "user", "content": "Name one colour."}]}
-        with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {self.key}"}) as client:
+        with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {self.key}"}, verify=self.verify) as client:
             while not self.stop.is_set():
                 sent, first, error, events = time.monotonic(), None, None, DataParser()
                 try:
@@ -101,9 +111,9 @@ def _report(host) -> dict:
     return json.loads(host.check_output("cat /run/nas-ai-engine/swap.json"))
 
 
-def _health(host) -> dict:
-    config = json.loads(host.check_output("cat /etc/nas-ai/engine.json"))
-    status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
+def _health(host, config_dir: str = "/etc/nas-ai", caller=None) -> dict:
+    config = json.loads(host.check_output(f"cat {config_dir}/engine.json"))
+    status, body = http_from(caller or host, f"http://{config['host']}:{config['port']}/health")
     assert status == 200, body
     return json.loads(body)
 
@@ -221,3 +231,55 @@ def test_a_new_model_that_crashes_is_rolled_back_and_the_alert_fires(hosts, depl
     print(f"a new model killed (SIGKILL) once live: rolled back by the engine in {rolled_back_s:.1f} s "
           f"(load {report.get('load_seconds')} s, probe {report.get('probe_seconds')} s), ModelRolledBack "
           f"in Alertmanager {alert_s:.0f} s after the kill")
+
+
+def test_llama_cpp_python_workers_and_llama_server_swap_in_queue_mode(alternative, tmp_path):
+    """The alternative scenario: llama-cpp-python with two workers on one host, llama-server on the
+    other, TLS at the gateway. Forced to queue mode (requests wait while the old model drains and
+    the new one loads), then back in the default mode."""
+    groups = alternative["groups"]
+    (gateway_name, gateway_data), = groups["gateway"]
+    settings = resolve(gateway_name, gateway_data)
+    hosts = {name: lab_host(name) for name, _ in groups["inference"]}
+    certificate = tmp_path / "gateway.crt"
+    certificate.write_text(hosts[gateway_name].check_output("cat /etc/nginx/nas-ai/self-signed.crt"))
+    verify = ssl.create_default_context(cafile=str(certificate))
+    url = f"https://{gateway_data['ssh_hostname']}:{settings.gateway_tls_port}"
+    key = gateway_data["gateway_api_keys"]["alice"]["key"]
+    # Three users asking every half second: requests are in flight on both hosts during the swaps.
+    observers = [Observer(url, key, verify) for _ in range(3)]
+    for observer in observers:
+        observer.start()
+    try:
+        time.sleep(5)
+        there = time.monotonic()
+        deployed(ALTERNATIVE_INVENTORY, *models.model_data(models.GEMMA_NAME, models.gemma(), models.GEMMA_SHA256),
+                 "--data", "model_swap=queue", who="model swap: alternative, to Gemma in queue mode")
+        there_s = time.monotonic() - there
+        reports_there = {name: _report(host) for name, host in hosts.items()}
+        for name, host in hosts.items():
+            assert reports_there[name]["result"] == "ok" and "queue" in reports_there[name]["message"], name
+            assert _health(host, settings.system_config_dir, hosts[gateway_name])["model"] == models.GEMMA_NAME
+        back = time.monotonic()
+        deployed(ALTERNATIVE_INVENTORY, who="model swap: alternative, back to SmolLM2")
+        back_s = time.monotonic() - back
+        reports_back = {name: _report(host) for name, host in hosts.items()}
+        for name, host in hosts.items():
+            assert reports_back[name]["result"] == "ok" and reports_back[name]["alias"] == SMOLLM, name
+    finally:
+        for observer in observers:
+            observer.stop.set()
+        for observer in observers:
+            observer.join(timeout=130)
+    records = [record for observer in observers for record in observer.records]
+    errors = [record for observer in observers for record in observer.errors()]
+    engines = {name: resolve(name, data).engine_server for name, data in groups["inference"]}
+    print(f"alternative scenario, 3 users: to Gemma in queue mode by deploy in {there_s:.1f} s, back (blue-green) in "
+          f"{back_s:.1f} s; per host (drain, load, probe, live after): "
+          + "; ".join(f"{name} ({engines[name]}) {r.get('drain_seconds')}/{r.get('load_seconds')}/"
+                      f"{r.get('probe_seconds')}/{r.get('live_after_seconds')} s then "
+                      f"{rb.get('load_seconds')}/{rb.get('probe_seconds')}/{rb.get('live_after_seconds')} s"
+                      for (name, r), rb in zip(reports_there.items(), reports_back.values()))
+          + f"; {len(records)} requests, {len(errors)} failed; time to first token during the queue swap "
+          f"{observers[0].ttft(there, there + there_s)}")
+    assert errors == []

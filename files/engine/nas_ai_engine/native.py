@@ -31,9 +31,10 @@ _NOT_FORWARDED = uds_http.HOP_BY_HOP | {b"host", b"date", b"server"}
 KEEP_ALIVE_S = 75
 # The probe's completion: greedy, fixed seed, end of text ignored where the engine allows it, so
 # every model writes the same number of tokens and its decode speed is comparable.
-PROBE_PROMPT = "Write a short note about keeping files safe on a home NAS."
-PROBE_TOKENS = 24
+PROBE_PROMPT = "Tell me about home NAS storage."
+PROBE_TOKENS = 16
 SWAP_RESULTS = ("ok", "probe_failed", "rolled_back")
+TAIL_LINES = 40
 
 
 def command(config: dict) -> list[str]:
@@ -229,13 +230,39 @@ def _die_with_parent() -> None:
 
 
 async def _spawn(*command: str, env: dict | None = None):
-    return await asyncio.create_subprocess_exec(*command, env=env, preexec_fn=_die_with_parent)
+    """A child whose error output goes on to the journal, its last lines kept (`child.tail`) for
+    the message of a failed load."""
+    child = await asyncio.create_subprocess_exec(*command, env=env, preexec_fn=_die_with_parent,
+                                                 stderr=asyncio.subprocess.PIPE)
+    child.tail = collections.deque(maxlen=TAIL_LINES)
+    child.relay = asyncio.ensure_future(_relay(child))
+    return child
+
+
+async def _relay(child) -> None:
+    while line := await child.stderr.readline():
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()
+        child.tail.append(line.decode(errors="replace").strip())
+
+
+def _why(child) -> str:
+    """llama.cpp's own reason for a failed load, from the child's last lines."""
+    tail = list(child.tail)
+    for line in tail:
+        if "error loading model:" in line:  # llama.cpp's reason (truncated file, unknown architecture, ...)
+            return line.split("error loading model:", 1)[1].strip()[:600]
+    lines = [line for line in tail if "error" in line.lower() or "failed" in line.lower()] or tail
+    return "; ".join(lines[-3:])[-600:]
 
 
 async def _until_ready(socket_path: str, child, path: str, api_key: str, deadline: float) -> None:
     async def answers() -> bool:
         if child.returncode is not None:
-            raise SwapFailed("load", f"the engine exited with {child.returncode} while loading the model")
+            await asyncio.wait([child.relay], timeout=5)  # its last lines
+            raise SwapFailed("load", f"the engine exited with {child.returncode} while loading the model: "
+                                     f"{_why(child)} (the sha256 pins the file, not that it is whole or of an "
+                                     "architecture this llama.cpp knows: check the source file)")
         try:
             status, _ = await uds_http.fetch(socket_path, "GET", path, _bearer(api_key), timeout=5.0)
         except uds_http.UNREACHABLE:
@@ -281,8 +308,23 @@ async def stop_pool(pool: Pool) -> None:
             child.terminate()
     for child in pool.children:
         await child.wait()
+        await asyncio.wait([child.relay], timeout=5)
     for socket_path in pool.sockets:
         Path(socket_path).unlink(missing_ok=True)
+
+
+async def _ask(socket_path: str, check: str, what: str, timeout: float, *request) -> tuple[int, dict]:
+    """One exchange of the probe: (status, JSON answer), or SwapFailed naming `check`."""
+    body = b""
+    try:
+        status, body = await uds_http.fetch(socket_path, *request, timeout=timeout)
+        return status, json.loads(body) if status == 200 else {}
+    except TimeoutError:
+        raise SwapFailed(check, f"no answer to {what} within {timeout:.0f} s") from None
+    except (uds_http.BackendError, OSError) as error:
+        raise SwapFailed(check, f"the engine failed while answering {what}: {error}") from None
+    except ValueError:
+        raise SwapFailed(check, f"the engine answered {what} with something that is not JSON: {body[:200]!r}") from None
 
 
 async def probe(config: dict, pool: Pool, reference: Pool | None) -> None:
@@ -290,33 +332,24 @@ async def probe(config: dict, pool: Pool, reference: Pool | None) -> None:
     greedy completion within the bound, and decodes at least a share of the reference model's
     speed scaled by the ratio of their sizes (weights are read once per token). Raises SwapFailed."""
     model, socket_path, key = pool.model, pool.sockets[0], config["api_key"]
-    timeout = config["probe"]["timeout_s"]
     request = {"prompt": PROBE_PROMPT, "max_tokens": PROBE_TOKENS, "temperature": 0, "seed": 42}
-    try:
-        if config["server"] == "llama-server":
-            status, body = await uds_http.fetch(socket_path, "GET", "/props", _bearer(key), timeout=10.0)
-            loaded = json.loads(body).get("model_path") if status == 200 else f"(/props answered {status})"
-            request["ignore_eos"] = True
-        else:
-            status, body = await uds_http.fetch(socket_path, "GET", "/v1/models", _bearer(key), timeout=10.0)
-            names = [entry.get("id") for entry in json.loads(body).get("data", [])] if status == 200 else []
-            loaded = model["path"] if model["alias"] in names else f"models {names}"
-        if loaded != model["path"]:
-            raise SwapFailed("identity", f"the engine serves {loaded}, not {model['path']}")
-        started = time.monotonic()
-        status, body = await uds_http.fetch(
-            socket_path, "POST", "/v1/completions", _bearer(key) + [(b"content-type", b"application/json")],
-            json.dumps(request).encode(), timeout=timeout)
-        elapsed = time.monotonic() - started
-        answer = json.loads(body)
-    except TimeoutError:
-        raise SwapFailed("completion", f"no answer to a {PROBE_TOKENS}-token completion within {timeout:.0f} s") from None
-    except (uds_http.BackendError, OSError) as error:
-        raise SwapFailed("completion", f"the engine failed while answering: {error}") from None
-    except ValueError:
-        raise SwapFailed("completion", f"the engine answered something that is not JSON: {body[:200]!r}") from None
+    if config["server"] == "llama-server":
+        status, props = await _ask(socket_path, "identity", "/props", 10.0, "GET", "/props", _bearer(key))
+        loaded = props.get("model_path") if status == 200 else f"(/props answered {status})"
+        request["ignore_eos"] = True
+    else:
+        status, listed = await _ask(socket_path, "identity", "/v1/models", 10.0, "GET", "/v1/models", _bearer(key))
+        names = [entry.get("id") for entry in listed.get("data", [])]
+        loaded = model["path"] if model["alias"] in names else f"models {names} (/v1/models answered {status})"
+    if loaded != model["path"]:
+        raise SwapFailed("identity", f"the engine serves {loaded}, not {model['path']}")
+    started = time.monotonic()
+    status, answer = await _ask(socket_path, "completion", f"a {PROBE_TOKENS}-token completion",
+                                config["probe"]["timeout_s"], "POST", "/v1/completions",
+                                _bearer(key) + [(b"content-type", b"application/json")], json.dumps(request).encode())
+    elapsed = time.monotonic() - started
     if status != 200:
-        raise SwapFailed("completion", f"the completion answered {status}: {body[:300]!r}")
+        raise SwapFailed("completion", f"the completion answered {status}")
     tokens = (answer.get("usage") or {}).get("completion_tokens", 0)
     if tokens < 1:
         raise SwapFailed("completion", "the completion wrote no token")
@@ -398,6 +431,8 @@ class Supervisor:
         return self.generation
 
     def _go_live(self, pool: Pool) -> None:
+        # A rollback asked for while another pool was live is not about this one.
+        self.rollback_requested.clear()
         self.live = pool
         self.upstream.switch(pool)
         self.health.update(model=pool.model["alias"], sha256=pool.model["sha256"])
@@ -467,8 +502,11 @@ class Supervisor:
         self.handled = self.received
         try:
             model = self.wanted(at_start=False)
-        except (OSError, ValueError, KeyError) as error:
-            return self._record("refused", f"cannot read {self.config['model_config']}: {error}")
+            missing = [key for key in ("alias", "sha256", "path", "size") if key not in model]
+            if missing:
+                raise KeyError(", ".join(missing))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return self._record("refused", f"cannot read {self.config['model_config']}: {error!r}")
         if model["sha256"] == self.live.model["sha256"]:
             self.rollback_file.unlink(missing_ok=True)  # asked for what serves: no rollback stands
             return self._record("unchanged", f"{model['alias']} ({model['sha256'][:12]}) serves already")
