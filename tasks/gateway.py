@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
-from tasks import secrets, topology
+from tasks import acceptance, secrets, topology
 from tasks.plan import Plan
 from tasks.rendering import install_checked, left_role, put_text, render, running
 from tasks.settings import DeployError, check_value
@@ -102,9 +102,9 @@ def limit_classes(clients: list[Client]) -> list[dict]:
 
 def site_config(settings, clients: list[Client], upstreams: list[str], backend_key: str, tls: dict | None,
                 keys_file: str = KEYS_FILE, access_log: str = ACCESS_LOG,
-                stub_status_address: str = STUB_STATUS_ADDRESS) -> str:
+                stub_status_address: str = STUB_STATUS_ADDRESS, pending: tuple = ()) -> str:
     return render(
-        "gateway/nas-ai.conf.j2", keys_file=keys_file, upstreams=upstreams, backend_key=backend_key,
+        "gateway/nas-ai.conf.j2", keys_file=keys_file, upstreams=upstreams, pending=pending, backend_key=backend_key,
         port=settings.gateway_port, tls=tls, tls_port=settings.gateway_tls_port,
         max_body=settings.gateway_max_body, limits=limit_classes(clients),
         auth_failures_per_minute=settings.gateway_auth_failures_per_minute,
@@ -151,7 +151,8 @@ def _tls(settings) -> dict | None:
 
 def configure(plan: Plan) -> None:
     settings = plan.settings
-    apt.packages(name="Install nginx", packages=["nginx-light", "openssl"], no_recommends=True,
+    # python3: the acceptance gate's questions are sent from here.
+    apt.packages(name="Install nginx", packages=["nginx-light", "openssl", "python3"], no_recommends=True,
                  cache_time=24 * 3600)
     files.directory(name=f"Directory {PRIVATE_DIR}", path=PRIVATE_DIR, user="root", group="root",
                     mode="0700")
@@ -161,13 +162,17 @@ def configure(plan: Plan) -> None:
                               path="/etc/nginx/sites-enabled/default", present=False)
     tls = _tls(settings)
     # nginx -t reads the whole configuration: the site is checked in place.
-    site_text = site_config(settings, gateway_clients, upstreams(plan), secrets.backend_key(), tls)
+    engines = upstreams(plan)
+    gated = acceptance.pending(plan, engines, PRIVATE_DIR)
+    site_text = site_config(settings, gateway_clients, engines, secrets.backend_key(), tls, pending=tuple(gated))
     site = install_checked("nginx site nas-ai", site_text, CONF_PATH, "nginx -t -q", mode="0600")
     main = install_checked("nginx worker shutdown timeout", render(
         "gateway/nas-ai-main.conf.j2", shutdown_timeout_s=settings.gateway_read_timeout_s + 60),
         MAIN_CONF_PATH, "nginx -t -q", mode="0644")
     running("nginx running and enabled", "nginx.service",
             reloaded=keys.will_change or default_site.will_change or site.will_change or main.will_change)
+    if gated:
+        acceptance.gate(plan, gated, CONF_PATH, PRIVATE_DIR, secrets.backend_key())
 
 
 def remove(plan: Plan) -> None:

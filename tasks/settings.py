@@ -136,6 +136,10 @@ SETTINGS: dict[str, Setting] = {
                            pattern=NGINX_SIZE, shape="an nginx size such as 512k or 1m"),
     "gateway_read_timeout_s": _s(600, int, "Longest silence from the engine (queue wait + prompt processing) before 504.",
                                  minimum=1, maximum=24 * 3600),
+    "gateway_accept_requests": _s(4, int, "Short questions of the workload an engine must answer, sent by the gateway host, before it joins the gateway's pool (it is `down` until then); 0: no gate.",
+                                  minimum=0, maximum=12),
+    "gateway_accept_p95_ms": _s(3000, int, "The p95 time those answers must stay within (the article's 3 s).",
+                                minimum=1, maximum=600000),
     "gateway_tls": _s(None, (str, dict, NONE), "None, `self-signed`, or {certificate: path, key: path} on the controller; when on, gateway_port serves no API (a 403 names the TLS URL)."),
     "gateway_tls_port": _s(443, int, "HTTPS port of the gateway when TLS is on.", minimum=PORT[0], maximum=PORT[1]),
     # monitoring
