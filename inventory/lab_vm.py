@@ -11,6 +11,8 @@ inference = lab_hosts(
     # Emulated CPUs load and warm up a model in minutes, not seconds.
     engine_ready_timeout_s=1800,
     model_probe_timeout_s=1800,  # the probe's 16-token completion: about a minute under TCG
+    # Four 48-token answers would take ten minutes under TCG: the gate is proven on the containers.
+    gateway_accept_requests=0,
     # Small enough that a test can exceed it on a 4 GB VM.
     service_memory_max=1024**3,
     monitoring_grafana=None,  # in no registry the lab reaches (see inventory/lab.py)
