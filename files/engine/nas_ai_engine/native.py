@@ -35,6 +35,7 @@ PROBE_PROMPT = "Tell me about home NAS storage."
 PROBE_TOKENS = 16
 SWAP_RESULTS = ("ok", "probe_failed", "rolled_back")
 TAIL_LINES = 40
+STOP_GRACE_S = 10
 
 
 def command(config: dict) -> list[str]:
@@ -220,13 +221,14 @@ def _bearer(api_key: str) -> list[tuple[bytes, bytes]]:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the front dies, however it dies (uvicorn re-raises
+    """In the child, before exec: SIGKILL when the front dies, however it dies (uvicorn re-raises
     SIGTERM after its shutdown, so the front may end before it can stop its children, and on
-    cgroup v1 systemd may not find them)."""
+    cgroup v1 systemd may not find them). A child holds nothing worth a graceful end: its
+    requests went with the front."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def _spawn(*command: str, env: dict | None = None):
@@ -303,11 +305,17 @@ async def start_pool(config: dict, model: dict, generation: int) -> Pool:
 
 
 async def stop_pool(pool: Pool) -> None:
+    """Its requests have ended (drained) or failed: SIGTERM, and SIGKILL for a child still there
+    after STOP_GRACE_S (a llama-server was seen hung in its exit, which held the unit's stop)."""
     for child in pool.children:
         if child.returncode is None:
             child.terminate()
     for child in pool.children:
-        await child.wait()
+        try:
+            await asyncio.wait_for(child.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            child.kill()
+            await child.wait()
         await asyncio.wait([child.relay], timeout=5)
     for socket_path in pool.sockets:
         Path(socket_path).unlink(missing_ok=True)
