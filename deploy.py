@@ -1,7 +1,7 @@
 """The NAS AI assistant, deployed in the order it runs on each host:
 `pyinfra inventory/<yours>.py deploy.py`."""
 
-from tasks import engine, firewall, gateway, grafana, model_store, monitoring, preflight, service, system
+from tasks import engine, firewall, gateway, grafana, model_rollout, model_store, monitoring, preflight, service, system
 
 plan = preflight.check()           # facts, data and each task's checks, before any change
 system.configure(plan)             # sysctl, system user, directories
@@ -26,3 +26,5 @@ if plan.monitoring:
 else:
     monitoring.remove_server(plan)
     grafana.remove(plan)
+if plan.inference:
+    model_rollout.verdict(plan)    # a host a failed rollout left untouched fails, once all else is done

@@ -265,7 +265,8 @@ def main() -> None:
     config = json.loads(host.run("cat /etc/nas-ai/engine.json"))
     # The served model (path, alias) is in model.json, which a reload reads again.
     model = json.loads(host.run("cat /etc/nas-ai/model.json"))
-    config = dict(config, model=dict(config["model"], path=model["path"], alias=model["alias"]))
+    config = dict(config, model=dict(config["model"], path=model["path"], alias=model["alias"]),
+                  native=dict(config["native"], parallel=model["parallel"]))
     engine_dir = str(Path(config["native"]["binary"]).parent.parent)
     threads, server = config["model"]["n_threads"], config["server"]
     engine = server if config.get("workers", 1) == 1 else f"{server} x{config['workers']} workers"

@@ -49,18 +49,17 @@ for engine in payload["engines"]:
 # Also on the gateway host: the accepted engines' lines lose their `down`, and join the accepted list.
 ACCEPT_SCRIPT = r"""
 import json, sys
-site_path, accepted_path, engines = sys.argv[1], sys.argv[2], sys.argv[3:]
-with open(site_path) as handle:
-    site = handle.read()
-for engine in engines:
-    site = site.replace(f"    server {engine} max_fails=3 fail_timeout=30s down;\n",
-                        f"    server {engine} max_fails=3 fail_timeout=30s;\n")
-with open(site_path, "w") as handle:
-    handle.write(site)
-with open(accepted_path) as handle:
-    accepted = set(json.load(handle)) | set(engines)
-with open(accepted_path, "w") as handle:
-    handle.write(json.dumps(sorted(accepted)) + "\n")
+command, path, engines = sys.argv[1], sys.argv[2], sys.argv[3:]
+with open(path) as handle:
+    text = handle.read()
+if command == "site":
+    for engine in engines:
+        text = text.replace(f"    server {engine} max_fails=3 fail_timeout=30s down;\n",
+                            f"    server {engine} max_fails=3 fail_timeout=30s;\n")
+else:
+    text = json.dumps(sorted(set(json.loads(text)) | set(engines))) + "\n"
+with open(path, "w") as handle:
+    handle.write(text)
 """
 
 
@@ -68,13 +67,18 @@ def accepted_path(private_dir: str) -> str:
     return f"{private_dir}/{ACCEPTED_NAME}"
 
 
-def pending(plan: Plan, upstreams: list[str], private_dir: str) -> list[str]:
+def pending(plan: Plan, upstreams: list[str], private_dir: str, site_path: str) -> list[str]:
     """The upstreams this gateway has not accepted (all of them when the gate is off: none)."""
     if plan.settings.gateway_accept_requests == 0:
         return []
-    raw = host.get_fact(Command, f"cat {accepted_path(private_dir)} 2>/dev/null || echo '[]'")
+    # Without the list (a stack deployed before the gate existed), the engines the live site has
+    # up are accepted already: an upgrade takes no engine out of the pool.
+    raw = host.get_fact(Command, f"cat {accepted_path(private_dir)} 2>/dev/null || "
+                                 f"grep -s -o '^    server [^ ]* max_fails=3 fail_timeout=30s;$' {site_path} "
+                                 "| cut -d' ' -f6 || true")
+    raw = (raw or "").strip()
     try:
-        accepted = set(json.loads(raw or "[]"))
+        accepted = set(json.loads(raw)) if raw.startswith("[") else set(raw.split())
     except ValueError:
         accepted = set()
     # Engines that left the pool are forgotten: one that comes back is gated again.
@@ -95,8 +99,9 @@ def gate(plan: Plan, engines: list[str], site_path: str, private_dir: str, backe
     python.call(name=f"Acceptance gate: {len(engines)} engine(s) join the pool after short questions within "
                      f"{limit_ms} ms", function=_gate, engines=engines, site_path=site_path,
                 private_dir=private_dir, limit_ms=limit_ms,
+                # A question 3 times over the limit has failed already: a hung engine holds the deploy little.
                 payload={"engines": engines, "questions": questions(plan), "key": backend_key,
-                         "timeout_s": plan.settings.gateway_read_timeout_s})
+                         "timeout_s": max(10, 3 * limit_ms / 1000)})
 
 
 def _verdict(result: dict, asked: int, limit_ms: int) -> str | None:
@@ -130,12 +135,15 @@ def _gate(engines: list[str], site_path: str, private_dir: str, limit_ms: int, p
               + (f": refused, {failed[result['engine']]}" if result["engine"] in failed else ": accepted"))
     if passed:
         # The accepted engines' `down` goes; nginx checks the site before it reloads.
+        engines = " ".join(shlex.quote(engine) for engine in passed)
+        accept = f"python3 -c {shlex.quote(ACCEPT_SCRIPT)}"
+        # The list last: an engine is accepted once nginx serves the site that has it up.
         ok, output = host.run_shell_command(f"""set -e
 cp -p {site_path} {site_path}.gated
-python3 -c {shlex.quote(ACCEPT_SCRIPT)} {site_path} {accepted_path(private_dir)} {" ".join(passed)}
-if ! nginx -t -q; then mv -f {site_path}.gated {site_path}; exit 1; fi
+{accept} site {site_path} {engines}
+if ! nginx -t -q || ! systemctl reload nginx; then mv -f {site_path}.gated {site_path}; exit 1; fi
 rm -f {site_path}.gated
-systemctl reload nginx""", _sudo=sudo)
+{accept} list {accepted_path(private_dir)} {engines}""", _sudo=sudo)
         if not ok:
             raise OperationError("the accepted engines could not be put in the pool: "
                                  + "\n".join(output.stderr_lines[-5:]))

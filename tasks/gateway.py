@@ -163,7 +163,7 @@ def configure(plan: Plan) -> None:
     tls = _tls(settings)
     # nginx -t reads the whole configuration: the site is checked in place.
     engines = upstreams(plan)
-    gated = acceptance.pending(plan, engines, PRIVATE_DIR)
+    gated = acceptance.pending(plan, engines, PRIVATE_DIR, CONF_PATH)
     site_text = site_config(settings, gateway_clients, engines, secrets.backend_key(), tls, pending=tuple(gated))
     site = install_checked("nginx site nas-ai", site_text, CONF_PATH, "nginx -t -q", mode="0600")
     main = install_checked("nginx worker shutdown timeout", render(

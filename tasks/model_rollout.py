@@ -18,8 +18,10 @@ STATE_DIR = "nas-ai-engine"  # the engine's StateDirectory: its record of a roll
 ROLLBACK_PATH = f"/var/lib/{STATE_DIR}/rollback.json"
 SWAP_REPORT = "/run/nas-ai-engine/swap.json"
 
-# The host whose swap failed in this run: every later host keeps its model.
+# The host whose swap failed in this run: every later host keeps its model. pyinfra runs a serial
+# operation over its active hosts in its own order, not the inventory's.
 _stopped_by: list[str] = []
+_untouched: list[str] = []
 
 
 def config_path(settings) -> str:
@@ -27,7 +29,7 @@ def config_path(settings) -> str:
 
 
 def _entry(model: dict) -> dict:
-    return {key: model[key] for key in ("alias", "sha256", "path", "size", "needed_bytes")}
+    return {key: model[key] for key in ("alias", "sha256", "path", "size", "needed_bytes", "parallel") if key in model}
 
 
 def serving(served: dict) -> dict | None:
@@ -53,22 +55,26 @@ def check(settings, model, served: dict) -> None:
 def model_config(plan: Plan) -> dict:
     """model.json for this plan, from what the host serves now."""
     settings, model = plan.settings, plan.model
-    served = (plan.served or {}).get("model")
+    served = plan.served or {}
+    configured, now = served.get("model"), serving(served)
     wanted = {"alias": model.name, "sha256": model.sha256, "path": plan.model_path, "size": model.size,
-              "needed_bytes": plan.budget.needed_bytes}
-    if served and served["sha256"] == model.sha256:
-        previous, old = served.get("previous", []), None
-    else:
-        previous, old = ([_entry(served)] + served.get("previous", [])) if served else [], served
-    previous = [entry for entry in previous if entry["sha256"] != model.sha256][:settings.model_keep_previous]
+              "needed_bytes": plan.budget.needed_bytes, "parallel": plan.parallel}
+    # Kept for a rollback, newest first: the model serving now (the one the engine went back to,
+    # after a rollback), what model.json named, and its own previous ones.
+    previous, seen = [], {model.sha256}
+    for entry in [now, configured, *((configured or {}).get("previous", []))]:
+        if entry and entry["sha256"] not in seen:
+            seen.add(entry["sha256"])
+            previous.append(_entry(entry))
     swap = settings.model_swap
     if swap == "auto":
+        old = now if now and now["sha256"] != model.sha256 else None
         # Both models in memory for the moment of the swap, or requests wait while one loads.
         holds_both = old is None or old["needed_bytes"] + wanted["needed_bytes"] <= plan.limits.memory_high
         swap = "blue-green" if holds_both else "queue"
-        if served and old is None:
-            swap = served.get("swap", swap)
-    return dict(wanted, swap=swap, previous=previous)
+        if old is None and configured:
+            swap = configured.get("swap", swap)
+    return dict(wanted, swap=swap, previous=previous[:settings.model_keep_previous])
 
 
 def changes(plan: Plan) -> bool:
@@ -95,11 +101,15 @@ def _script(plan: Plan, config: dict, reload: bool, unit: str, python_path: str)
                f"{SWAP_REPORT} 2>/dev/null || echo 'no swap report: see journalctl -u {unit}'")
     reload_lines = f"""if ! systemctl reload {unit}; then
     if [ -e {target}.served ]; then mv -f {target}.served {target}; fi
+    if [ -e {ROLLBACK_PATH}.served ]; then mv -f {ROLLBACK_PATH}.served {ROLLBACK_PATH}; fi
     echo "{host.name}: model {model.name} ({model.sha256[:12]}) did not go live, the old model serves on: $({message})" >&2
     exit 1
 fi""" if reload else ""
     return f"""set -e
 if [ -e {target} ]; then cp -p {target} {target}.served; fi
+# The engine's record of a rollback is about the model.json it replaces (the deploy refused that
+# model unless model_retry): it goes, and comes back if this swap fails.
+if [ -e {ROLLBACK_PATH} ]; then mv -f {ROLLBACK_PATH} {ROLLBACK_PATH}.served; fi
 cat > {target}.next <<'NAS_AI_MODEL_JSON'
 {json.dumps(config, indent=2, sort_keys=True)}
 NAS_AI_MODEL_JSON
@@ -107,15 +117,18 @@ chown root:{settings.system_user} {target}.next
 chmod 0640 {target}.next
 mv -f {target}.next {target}
 {reload_lines}
-rm -f {target}.served
+rm -f {target}.served {ROLLBACK_PATH}.served
 ln -sfn {model.sha256}.gguf {settings.model_store_dir}/{model.name}/current.next
 mv -fT {settings.model_store_dir}/{model.name}/current.next {settings.model_store_dir}/{model.name}/current"""
 
 
 def _activate(script: str) -> None:
-    """Execute time. After a host's failed swap, the rollout stops: this host keeps its model."""
+    """Execute time. After a host's failed swap, the rollout stops: this host keeps its model (and
+    runs the rest of its deploy; `verdict` fails it at the end)."""
     if _stopped_by:
-        raise OperationError(f"rollout stopped after {_stopped_by[0]} failed: {host.name} keeps its model")
+        _untouched.append(host.name)
+        print(f"    [{host.name}] rollout stopped after {_stopped_by[0]} failed: this host keeps its model")
+        return
     ok, output = host.run_shell_command(script, _sudo=bool(host.data.get("_sudo", False)))
     for line in output.stdout_lines:
         print(f"    [{host.name}] {line}")
@@ -127,8 +140,24 @@ def _activate(script: str) -> None:
 def prune(plan: Plan) -> None:
     """Models neither served nor kept for rollback leave the store (after a swap that failed: the
     file that failed)."""
+    served = plan.served or {}
+    if served.get("model") is None:
+        return  # what the host kept before model.json existed is not known: nothing is removed
     config = model_config(plan)
-    kept = {entry["path"] for entry in [config, *config["previous"]]}
+    kept = {entry["path"] for entry in [config, *config["previous"], serving(served)]}
     stored = host.get_fact(Command, f"ls -1 {plan.settings.model_store_dir}/*/*.gguf 2>/dev/null || true")
     for path in sorted(set((stored or "").split()) - kept):
         files.file(name=f"Remove model {path} (neither served nor kept)", path=path, present=False)
+
+
+def verdict(plan: Plan) -> None:
+    """The last operation of an inference host whose model changes: if the rollout left it
+    untouched, the deploy fails there."""
+    if changes(plan):
+        python.call(name="Model rollout verdict", function=_verdict)
+
+
+def _verdict() -> None:
+    if host.name in _untouched:
+        raise OperationError(f"the model rollout stopped after {_stopped_by[0]} failed; {host.name} keeps its "
+                             "old model (the rest of its deploy is done): fix the model and deploy again")

@@ -33,16 +33,18 @@ def engine_config(plan: Plan) -> dict:
             "max_logit_bias": settings.engine_max_logit_bias,
         },
         "workers": plan.parallel if settings.engine_server == "llama-cpp-python" else 1,
+        # llama-server's slots depend on the model's KV cache: they are in model.json.
         "native": {
             "binary": engine.paths(plan)["llama_server"],
             "socket": f"/run/{RUNTIME_DIR}/llama-server.sock",
-            "parallel": plan.parallel,
         },
         # The model itself is in model.json, read again on reload (model_rollout.py).
         "model_config": model_rollout.config_path(settings),
         "state_dir": f"/var/lib/{model_rollout.STATE_DIR}",
         "probe": {"timeout_s": settings.model_probe_timeout_s,
-                  "min_speed_share": settings.model_probe_min_speed_share},
+                  "min_speed_share": settings.model_probe_min_speed_share,
+                  # Queue mode: the old model's requests end within the gateway's read timeout.
+                  "drain_timeout_s": settings.gateway_read_timeout_s},
         "rollback": {"window_s": settings.model_rollback_window_s, "requests": settings.model_rollback_requests,
                      "error_share": settings.model_rollback_error_share},
         "model": {
@@ -69,7 +71,7 @@ def configure(plan: Plan, engine_changed: bool) -> None:
         app_dir=paths["app"], python=paths["python"], config=config_path, threads=limits.threads,
         server=settings.engine_server, runtime_dir=RUNTIME_DIR, firewall_unit=firewall.UNIT_NAME,
         allowed_addresses=[a for caller in firewall.engine_callers(plan) for a in firewall.addresses_of(caller)],
-        ready_timeout=settings.engine_ready_timeout_s,
+        ready_timeout=settings.engine_ready_timeout_s, probe_timeout=settings.model_probe_timeout_s,
         # A reload waits for the new model to load and pass its probe, and in queue mode for the old
         # one's requests to end first (bounded by the gateway's read timeout).
         reload_timeout=settings.engine_ready_timeout_s + settings.model_probe_timeout_s

@@ -163,8 +163,9 @@ def test_prometheus_on_the_second_host_scrapes_every_target(stack):
 
 
 def test_switching_the_engine_leaves_nothing_of_the_previous_one(stack, https):
-    """Day 2 on the second host: from llama-server to llama-cpp-python in one process (its
-    `serve` mode), that host alone. Last of the module: it changes the scenario."""
+    """Day 2 on the second host: from llama-server to llama-cpp-python with one worker (the front
+    and one worker process, which a model swap replaces), that host alone. Last of the module: it
+    changes the scenario."""
     name = stack["gateway"]
     settings = stack["settings"][name]
     assert settings.engine_server == "llama-server"
@@ -175,6 +176,7 @@ def test_switching_the_engine_leaves_nothing_of_the_previous_one(stack, https):
     status, body = http_from(host, f"http://{config['host']}:{config['port']}/health")
     assert (status, json.loads(body)["server"]) == (200, "llama-cpp-python"), body
     processes = host.check_output(f"ps -u {settings.system_user} -o args=").splitlines()
-    assert len(processes) == 1 and "nas_ai_engine serve" in processes[0], processes
+    assert len(processes) == 2, processes  # no llama-server left
+    assert "nas_ai_engine serve" in processes[0] and "nas_ai_engine worker" in processes[1], processes
     for _ in range(2):  # the gateway's least_conn reaches both engines
         assert _chat(https, stack["keys"]["alice"], stack["model"]).status_code == 200

@@ -245,6 +245,7 @@ def test_llama_cpp_python_workers_and_llama_server_swap_in_queue_mode(alternativ
     the new one loads), then back in the default mode."""
     groups = alternative["groups"]
     (gateway_name, gateway_data), = groups["gateway"]
+    deployed(ALTERNATIVE_INVENTORY, who="model swap: alternative as its inventory has it")  # whatever ran before
     settings = resolve(gateway_name, gateway_data)
     hosts = {name: lab_host(name) for name, _ in groups["inference"]}
     certificate = tmp_path / "gateway.crt"
@@ -327,3 +328,9 @@ def test_an_engine_joins_the_pool_only_after_the_acceptance_gate(deployment, gat
     assert f"server {newcomer} max_fails=3 fail_timeout=30s;" in gateway.check_output(f"cat {CONF_PATH}")
     again = deployed(LAB, who="acceptance gate: nothing changed")
     assert changed_operations(again.stdout + again.stderr) == 0
+    # A gateway deployed before the gate existed has no list: the engines its site has up stay up.
+    gateway.check_output(f"rm {accepted_file}")
+    upgraded = deployed(LAB, who="acceptance gate: a gateway from before the gate")
+    assert "acceptance gate" not in upgraded.stdout + upgraded.stderr
+    assert sorted(json.loads(gateway.check_output(f"cat {accepted_file}"))) == sorted(accepted)
+    assert " down;" not in gateway.check_output(f"cat {CONF_PATH}")

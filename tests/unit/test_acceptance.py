@@ -37,12 +37,10 @@ def test_accepting_an_engine_gives_the_site_the_next_deploy_renders(tmp_path):
     site_path, accepted_path = tmp_path / "nas-ai.conf", tmp_path / "accepted.json"
     site_path.write_text(_site(tmp_path, pending=ENGINES))
     accepted_path.write_text("[]\n")
-    subprocess.run([sys.executable, "-c", acceptance.ACCEPT_SCRIPT, str(site_path), str(accepted_path), ENGINES[1]],
-                   check=True)
-    assert site_path.read_text() == _site(tmp_path, pending=ENGINES[:1])
-    subprocess.run([sys.executable, "-c", acceptance.ACCEPT_SCRIPT, str(site_path), str(accepted_path), ENGINES[0]],
-                   check=True)
-    assert site_path.read_text() == _site(tmp_path)
+    for engine, still_pending in ((ENGINES[1], ENGINES[:1]), (ENGINES[0], [])):
+        for command, path in (("site", site_path), ("list", accepted_path)):
+            subprocess.run([sys.executable, "-c", acceptance.ACCEPT_SCRIPT, command, str(path), engine], check=True)
+        assert site_path.read_text() == _site(tmp_path, pending=still_pending)
     # What pending() writes at plan time for the same set: no change on the next deploy.
     assert accepted_path.read_text() == json.dumps(sorted(ENGINES)) + "\n"
 

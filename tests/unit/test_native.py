@@ -197,3 +197,13 @@ def test_a_cut_answer_is_an_error_not_a_short_success(tmp_path):
 
     with pytest.raises(uds_http.BackendError, match="short"):
         asyncio.run(cut_server())
+
+
+def test_a_child_that_cannot_be_reached_gets_a_503_the_gateway_retries_elsewhere(tmp_path):
+    """Nothing reached the client yet: a 503 (nginx passes it to another engine), not a 500, and
+    the ticket is back."""
+    upstream = _upstream([str(tmp_path / "gone.sock")])
+    sent = asyncio.run(_call(upstream, "/v1/completions"))
+    assert sent[0]["status"] == 503
+    assert b"engine_unavailable" in sent[1]["body"]
+    assert len(upstream.pool.free) == 1

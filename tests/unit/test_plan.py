@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 import tasks
-from tasks import budget, engine, model_source, service
+from tasks import budget, engine, model_rollout, model_source, service
 from tasks.cpu_profile import CpuProfile
 from tasks.plan import Plan
 from tasks.settings import resolve
@@ -34,7 +34,8 @@ def test_the_engine_config_follows_the_plan(tmp_path, monkeypatch):
 def test_llama_server_runs_one_front_with_the_plans_slots(tmp_path, monkeypatch):
     monkeypatch.setattr("tasks.secrets.BACKEND_KEY_FILE", tmp_path / "backend-key")
     config = service.engine_config(_plan())
-    assert (config["workers"], config["native"]["parallel"]) == (1, 2)
+    assert config["workers"] == 1 and "parallel" not in config["native"]  # the model's: model.json
+    assert model_rollout.model_config(_plan())["parallel"] == 2
 
 
 def test_engine_paths_name_the_profiles_build():

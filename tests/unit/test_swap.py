@@ -15,15 +15,16 @@ import time
 import types
 
 import pytest
-from nas_ai_engine import metrics, native, uds_http
+from nas_ai_engine import metrics, native
 
 KEY = "k" * 24
 
 # llama-server's options (native.command), its HTTP/1.1 on the Unix socket --host, its key
 # (LLAMA_API_KEY) on every path but /health. The model file's JSON says how it behaves: load_s
-# (seconds before it listens), crash_at_load, wrong_path (/props names another file), tokens,
-# speed (tokens/s in its timings), delay (seconds per completion), fail_after (completions after
-# the Nth answer 500), crash_after (exits on receiving the completion after the Nth). A request's
+# (seconds before it listens), load_until (a file that must exist before it listens),
+# crash_at_load, wrong_path (/props names another file), tokens, speed (tokens/s in its timings),
+# delay (seconds per completion), fail_after (completions after the Nth answer 500), crash_after
+# (exits on receiving the completion after the Nth). A request's
 # "wait_for" holds its completion until that file exists. Each event goes to events.log next to
 # the model file: "<pid> <model> launch|begin|end|stop|crash|exit".
 FAKE_LLAMA_SERVER = r'''
@@ -95,6 +96,8 @@ async def main():
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
     log("launch")
     await asyncio.sleep(BEHAVIOUR.get("load_s", 0))
+    while BEHAVIOUR.get("load_until") and not os.path.exists(BEHAVIOUR["load_until"]):
+        await asyncio.sleep(0.02)
     if BEHAVIOUR.get("crash_at_load"):
         log("exit")
         sys.exit(3)
@@ -124,7 +127,7 @@ class Rig:
             "native": {"binary": str(binary), "socket": str(tmp_path / "run" / "llama-server.sock"), "parallel": 2},
             "model": {"n_ctx": 256, "n_batch": 64, "n_threads": 1},
             "model_config": str(tmp_path / "model.json"), "state_dir": str(tmp_path / "state"),
-            "probe": {"timeout_s": 5, "min_speed_share": 0.2},
+            "probe": {"timeout_s": 5, "min_speed_share": 0.2, "drain_timeout_s": 30},
             "rollback": {"window_s": 60, "requests": 4, "error_share": 0.5},
         }
 
@@ -414,8 +417,8 @@ def test_a_new_model_that_crashes_within_the_window_is_rolled_back(rig):
     async def body():
         async with supervising(rig) as s:
             assert (await reload(rig, s.sup, b))["result"] == "ok"
-            with pytest.raises(uds_http.UNREACHABLE):
-                await ask(s.upstream)
+            # The child died with the request: a 503, which the gateway gives to another engine.
+            assert await ask(s.upstream) == (503, None)
             await until(lambda: rig.report()["result"] == "rolled_back")
             report = rig.report()
             assert report["alias"] == "a" and "exited with [7]" in report["message"]
@@ -478,8 +481,8 @@ def test_a_rollback_is_remembered_across_a_restart_until_a_reload_asks_for_what_
     async def crash_and_roll_back():
         async with supervising(rig) as s:
             assert (await reload(rig, s.sup, b))["result"] == "ok"
-            with pytest.raises(uds_http.UNREACHABLE):
-                await ask(s.upstream)
+            # The child died with the request: a 503, which the gateway gives to another engine.
+            assert await ask(s.upstream) == (503, None)
             await until(lambda: rig.report()["result"] == "rolled_back")
 
     async def restart():
@@ -497,7 +500,8 @@ def test_a_rollback_is_remembered_across_a_restart_until_a_reload_asks_for_what_
 
 
 def test_failures_of_a_model_replaced_within_its_window_do_not_roll_back_its_successor(rig):
-    a, b, c = rig.model("a"), rig.model("b", fail_after=1), rig.model("c", load_s=1.0)
+    loaded = rig.dir / "c-may-load"
+    a, b, c = rig.model("a"), rig.model("b", fail_after=1), rig.model("c", load_until=str(loaded))
     rig.choose(a)
 
     async def body():
@@ -508,6 +512,7 @@ def test_failures_of_a_model_replaced_within_its_window_do_not_roll_back_its_suc
             await until(lambda: rig.count("c", "launch") == 1)  # c loads; b serves meanwhile, failing
             for _ in range(4):
                 assert await ask(s.upstream) == (500, None)
+            loaded.touch()
             await until(lambda: rig.report()["handled"] == 2)
             assert (rig.report()["result"], rig.report()["alias"]) == ("ok", "c")
             await asyncio.sleep(1.0)
@@ -584,3 +589,51 @@ def test_the_reload_command_gives_up_when_no_swap_report_answers_its_signal(rig)
         assert (rig.report()["received"], rig.report()["handled"]) == (1, 0)
 
     run(body())
+
+
+def test_a_stopped_child_is_killed_as_hung_and_the_watchdog_beats_only_while_it_answers(rig, monkeypatch):
+    """SIGSTOP of the live llama-server: its /health goes silent; after LIVENESS_STRIKES misses it
+    is killed, and outside a rollback window `watch` ends (the unit restarts). systemd's watchdog
+    (a real datagram socket as NOTIFY_SOCKET) hears WATCHDOG=1 only while the child answers."""
+    monkeypatch.setattr(native, "LIVENESS_INTERVAL_S", 0.2)
+    notify_path = str(rig.dir / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    rig.choose(rig.model("a"))
+
+    def beats() -> int:
+        count = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                assert listener.recv(64) == b"WATCHDOG=1"
+                count += 1
+        return count
+
+    async def body():
+        async with supervising(rig) as s:
+            liveness = asyncio.ensure_future(s.sup.liveness())
+            try:
+                await asyncio.sleep(1.0)
+                assert beats() >= 3
+                child = s.sup.live.children[0]
+                os.kill(child.pid, signal.SIGSTOP)
+                stopped = time.monotonic()
+                await asyncio.sleep(0.3)
+                beats()  # those sent before the first miss
+                await until(lambda: child.returncode is not None, timeout=10)
+                killed_after = time.monotonic() - stopped
+                assert child.returncode == -signal.SIGKILL
+                assert native.LIVENESS_STRIKES * 0.2 <= killed_after < 5
+                await until(lambda: s.watching.done(), timeout=10)
+                assert "exited with [-9]" in s.watching.result()
+                # While the child was stopped, no beat: the misses were not reported as alive.
+                assert beats() <= 1
+            finally:
+                liveness.cancel()
+
+    try:
+        run(body())
+    finally:
+        listener.close()

@@ -50,7 +50,9 @@ def test_gateway_config_passes_nginx_t(tmp_path):
     assert "rate=10r/m" in site and "burst=5 nodelay" in site
     assert "limit_conn nas_ai_conn_1 2;" in site and "nas_ai_rate_2" not in site
     assert "proxy_buffering off;" in site and "server_tokens off;" in site
-    assert "non_idempotent" not in site
+    # A failed try moves to another engine only within 10 s: a long generation is never run twice.
+    assert "proxy_next_upstream error timeout http_503 non_idempotent;" in site
+    assert "proxy_next_upstream_timeout 10s;" in site
     assert '"\\\\alice" 6;' in site  # Retry-After: one request's worth of the 10/minute rate
 
 
@@ -189,7 +191,7 @@ def test_engine_unit_is_hardened(tmp_path):
     unit = tmp_path / "nas-ai-engine.service"
     unit.write_text(render("service/nas-ai-engine.service.j2", state_dir="nas-ai-engine", user="nas-ai",
                            app_dir="/opt/nas-ai/engine/app", python="/usr/bin/python3",
-                           config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300, reload_timeout=960,
+                           config="/etc/nas-ai/engine.json", threads=3, ready_timeout=300, probe_timeout=60, reload_timeout=960,
                            server="llama-server", runtime_dir="nas-ai-engine",
                            firewall_unit="nas-ai-firewall.service", allowed_addresses=["10.213.0.11", "fd00::12"]))
     text = unit.read_text()

@@ -15,6 +15,7 @@ import collections
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,8 +35,15 @@ KEEP_ALIVE_S = 75
 PROBE_PROMPT = "Tell me about home NAS storage."
 PROBE_TOKENS = 16
 SWAP_RESULTS = ("ok", "probe_failed", "rolled_back")
+# asyncio's own timeout is another class than the builtin before Python 3.11 (Ubuntu 22.04's 3.10).
+TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 TAIL_LINES = 40
 STOP_GRACE_S = 10
+# A live child that answers no health check for LIVENESS_STRIKES checks in a row is hung (stopped,
+# deadlocked): it is killed like a crash. The front tells systemd's watchdog it is alive only
+# while its children are, so a hung front is restarted too (WatchdogSec in the unit).
+LIVENESS_INTERVAL_S = 5.0
+LIVENESS_STRIKES = 3
 
 
 def command(config: dict) -> list[str]:
@@ -57,8 +65,11 @@ def command(config: dict) -> list[str]:
 
 
 def with_model(config: dict, model: dict, socket_path: str | None = None) -> dict:
-    """The engine's config with one model's path and alias in it (and a socket of its own)."""
-    native = dict(config["native"], socket=socket_path) if socket_path else config["native"]
+    """The engine's config with one model's path, alias and slots in it (and a socket of its own):
+    llama-server's slots are what the memory budget holds for that model."""
+    native = dict(config["native"], parallel=model.get("parallel", config["native"].get("parallel")))
+    if socket_path:
+        native["socket"] = socket_path
     return dict(config, model=dict(config["model"], path=model["path"], alias=model["alias"]), native=native)
 
 
@@ -183,7 +194,12 @@ class Upstream:
             ticket = pool.sockets[0]
         failed: bool | None = True
         try:
-            answer = await uds_http.exchange(ticket, *request)
+            try:
+                answer = await uds_http.exchange(ticket, *request)
+            except uds_http.UNREACHABLE as error:
+                # Nothing sent yet: a 503 the gateway passes to another engine (a child that just
+                # died or hung, before the front restarts).
+                return await _unavailable(send, error)
             try:
                 await send({"type": "http.response.start", "status": answer.status,
                             "headers": [(name.lower(), value) for name, value in answer.headers
@@ -216,6 +232,14 @@ class Upstream:
         return body if status == 200 else b""
 
 
+async def _unavailable(send, error: Exception) -> None:
+    body = json.dumps({"error": {"message": f"the engine is unavailable ({type(error).__name__}); retry",
+                                 "type": "server_error", "param": None, "code": "engine_unavailable"}}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _bearer(api_key: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", b"Bearer " + api_key.encode())]
 
@@ -242,10 +266,17 @@ async def _spawn(*command: str, env: dict | None = None):
 
 
 async def _relay(child) -> None:
-    while line := await child.stderr.readline():
-        sys.stderr.buffer.write(line)
+    """The child's error output on to the journal as it comes, in chunks (a line longer than a
+    reader's limit must not stop the relay and leave the child blocked on a full pipe)."""
+    partial = b""
+    while chunk := await child.stderr.read(1 << 16):
+        sys.stderr.buffer.write(chunk)
         sys.stderr.flush()
-        child.tail.append(line.decode(errors="replace").strip())
+        *lines, partial = (partial + chunk).split(b"\n")
+        partial = partial[-4096:]
+        child.tail.extend(line.decode(errors="replace").strip() for line in lines)
+    if partial:
+        child.tail.append(partial.decode(errors="replace").strip())
 
 
 def _why(child) -> str:
@@ -284,9 +315,9 @@ async def start_pool(config: dict, model: dict, generation: int) -> Pool:
     key, run = config["api_key"], runtime_dir(config)
     if config["server"] == "llama-server":
         socket_path = str(run / f"llama-server-{generation}.sock")
-        children = [await _spawn(*command(with_model(config, model, socket_path)),
-                                 env=dict(os.environ, LLAMA_API_KEY=key))]
-        sockets, tickets, ready_path = [socket_path], [socket_path] * config["native"]["parallel"], "/health"
+        configured = with_model(config, model, socket_path)
+        children = [await _spawn(*command(configured), env=dict(os.environ, LLAMA_API_KEY=key))]
+        sockets, tickets, ready_path = [socket_path], [socket_path] * configured["native"]["parallel"], "/health"
     else:  # llama-cpp-python serves one request at a time per process: one ticket per worker
         sockets = [str(run / f"worker-{generation}-{index}.sock") for index in range(config["workers"])]
         children = [await _spawn(sys.executable, "-m", "nas_ai_engine", "worker", "--config", config["config_path"],
@@ -313,7 +344,7 @@ async def stop_pool(pool: Pool) -> None:
     for child in pool.children:
         try:
             await asyncio.wait_for(child.wait(), STOP_GRACE_S)
-        except TimeoutError:
+        except TIMEOUTS:
             child.kill()
             await child.wait()
         await asyncio.wait([child.relay], timeout=5)
@@ -327,7 +358,7 @@ async def _ask(socket_path: str, check: str, what: str, timeout: float, *request
     try:
         status, body = await uds_http.fetch(socket_path, *request, timeout=timeout)
         return status, json.loads(body) if status == 200 else {}
-    except TimeoutError:
+    except TIMEOUTS:
         raise SwapFailed(check, f"no answer to {what} within {timeout:.0f} s") from None
     except (uds_http.BackendError, OSError) as error:
         raise SwapFailed(check, f"the engine failed while answering {what}: {error}") from None
@@ -370,6 +401,42 @@ async def probe(config: dict, pool: Pool, reference: Pool | None) -> None:
                                       f"{reference.speed:.1f} tokens/s of {reference.model['alias']} x its size "
                                       f"ratio {reference.model['size'] / model['size']:.2f})")
     pool.speed = speed
+
+
+async def _alive(config: dict, pool: Pool) -> bool:
+    """llama-server answers /health (its HTTP threads are not its slots); a llama-cpp-python worker
+    answers nothing while it generates, so its process must merely not be stopped or dead."""
+    if config["server"] == "llama-server":
+        try:
+            status, _ = await uds_http.fetch(pool.sockets[0], "GET", "/health", [], timeout=LIVENESS_INTERVAL_S)
+        except uds_http.UNREACHABLE:
+            return False
+        return status == 200
+    return all(_running(child.pid) for child in pool.children)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("T", "t", "Z", "X")
+
+
+def _notify(message: bytes) -> None:
+    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET, when systemd gave one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.connect(address)
+            notify.sendall(message)
+    except OSError:
+        pass  # systemd gone or restarting: the next beat tries again
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -538,7 +605,12 @@ class Supervisor:
         figures = {}
         if mode == "queue" or not any(child.returncode is None for child in old.children):
             self.upstream.switch(None)  # new requests wait in the front
-            await self.upstream.drained(old)
+            try:
+                await asyncio.wait_for(self.upstream.drained(old), self.config["probe"]["drain_timeout_s"])
+            except TIMEOUTS:
+                self.upstream.switch(old)
+                raise SwapFailed("drain", f"requests on {old.model['alias']} still ran after "
+                                          f"{self.config['probe']['drain_timeout_s']} s") from None
             await stop_pool(old)
             figures["drain_seconds"] = time.monotonic() - started
             old = None
@@ -586,6 +658,30 @@ class Supervisor:
         self._record("rolled_back", f"{bad.model['alias']} ({bad.model['sha256'][:12]}) -> {good.model['alias']} "
                                     f"({good.model['sha256'][:12]}) because {reason}", **figures)
 
+    async def liveness(self) -> None:
+        """Every LIVENESS_INTERVAL_S: the live pool answers, or after LIVENESS_STRIKES misses its
+        children are killed (`watch` then rolls back within the window, or the unit restarts).
+        systemd's watchdog is fed only while it answers, and while no pool is live yet."""
+        strikes = 0
+        while True:
+            checked = time.monotonic()
+            pool = self.live
+            alive = pool is None or await _alive(self.config, pool)
+            if alive or pool is not self.live:
+                strikes = 0
+                _notify(b"WATCHDOG=1")
+            else:
+                strikes += 1
+                if strikes >= LIVENESS_STRIKES:
+                    self._log(f"{pool.model['alias']} answered no health check for "
+                              f"{strikes * LIVENESS_INTERVAL_S:.0f} s: killed as hung")
+                    for child in pool.children:
+                        if child.returncode is None:
+                            child.kill()
+                    strikes = 0
+            # A check that timed out took the whole interval: LIVENESS_STRIKES misses take that many intervals.
+            await asyncio.sleep(max(0.0, LIVENESS_INTERVAL_S - (time.monotonic() - checked)))
+
     async def stop(self) -> None:
         for pool in [self.live, *self.retiring]:
             if pool is not None:
@@ -601,6 +697,8 @@ async def serve(config: dict, guard_factory) -> None:
     upstream = Upstream(config["api_key"])
     supervisor = Supervisor(config, upstream, health)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, supervisor.signalled)
+    # From the first moment: systemd arms the watchdog while the model still loads.
+    liveness = asyncio.ensure_future(supervisor.liveness())
     try:
         try:
             await supervisor.start()
@@ -617,6 +715,7 @@ async def serve(config: dict, guard_factory) -> None:
             await serving
             sys.exit(f"nas_ai_engine: {failure}")
     finally:
+        liveness.cancel()
         await supervisor.stop()
 
 
