@@ -80,9 +80,8 @@ def model_config(plan: Plan) -> dict:
 def changes(plan: Plan) -> bool:
     """model.json names another model, or the engine went back from it and a retry is asked."""
     served = plan.served or {}
-    configured, now = served.get("model"), serving(served)
-    return not configured or not now or plan.model.sha256 not in (configured["sha256"], None) \
-        or now["sha256"] != plan.model.sha256
+    configured = served.get("model")
+    return not configured or {configured["sha256"], serving(served)["sha256"]} != {plan.model.sha256}
 
 
 def activate(plan: Plan, reload: bool, unit: str, python_path: str) -> None:

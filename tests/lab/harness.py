@@ -110,6 +110,15 @@ def http_from(host, url: str, headers: dict | None = None) -> tuple[int, str]:
     return int(status), body
 
 
+def engine_requests_served(gateway, engine: str) -> float:
+    """An engine's count of requests answered 200 (`host:port`), read from a gateway host (a caller
+    its firewall lets in)."""
+    status, body = http_from(gateway, f"http://{engine}/metrics")
+    assert status == 200, body
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("nas_ai_engine_requests_total{") and 'status="200"' in line)
+
+
 def changed_operations(output: str) -> int:
     """The `Success` column of pyinfra's Grand total row: operations that changed something."""
     match = re.search(r"Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", output)

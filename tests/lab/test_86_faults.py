@@ -16,7 +16,7 @@ from nas_ai_engine.sse import DataParser
 from lab.waiting import wait_until
 from tasks.gateway import MAIN_CONF_PATH
 from tasks.settings import resolve
-from tests.lab.harness import deployed, http_from, lab_host
+from tests.lab.harness import deployed, engine_requests_served, lab_host
 
 pytestmark = pytest.mark.lab
 STREAMS = 20
@@ -140,15 +140,6 @@ class Asker(threading.Thread):
                 time.sleep(0.3)
 
 
-def _served(gateway, engine: str) -> float:
-    """The engine's count of requests answered 200, read from the gateway host (a caller its
-    firewall lets in)."""
-    status, body = http_from(gateway, f"http://{engine}/metrics")
-    assert status == 200, body
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-               if line.startswith("nas_ai_engine_requests_total{") and 'status="200"' in line)
-
-
 def _ask_once(url: str, key: str) -> bool:
     answer = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
                         json={"model": "smollm2-135m-instruct", "max_tokens": 2,
@@ -182,8 +173,8 @@ def test_an_engine_killed_or_hung_mid_generation_comes_back_and_the_gateway_rout
     gateway = lab_host(deployment["groups"]["gateway"][0][0])
     data = dict(deployment["groups"]["inference"])[victim]
     engine = f"{data['ssh_hostname']}:{resolve(victim, data).engine_port}"
-    served = _served(gateway, engine)
-    wait_until(lambda: _ask_once(gateway_url, api_key) and _served(gateway, engine) > served, 90,
+    served = engine_requests_served(gateway, engine)
+    wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 90,
                f"the gateway to send requests to {victim} again", interval=1)
     streams = [Stream() for _ in range(4)]
     threads = [threading.Thread(target=_stream, args=(gateway_url, api_key, s, SHORT_STREAM_TOKENS)) for s in streams]

@@ -29,6 +29,7 @@ from tests.lab.harness import (
     deploy,
     deploy_failure,
     deployed,
+    engine_requests_served,
     http_from,
     lab_host,
     ssh_tunnel,
@@ -292,14 +293,6 @@ def test_llama_cpp_python_workers_and_llama_server_swap_in_queue_mode(alternativ
     assert errors == []
 
 
-def _requests_served(gateway, engine: str) -> float:
-    """The engine's count of generation requests answered 200, read from the gateway host."""
-    status, body = http_from(gateway, f"http://{engine}/metrics")
-    assert status == 200, body
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-               if line.startswith("nas_ai_engine_requests_total{") and 'status="200"' in line)
-
-
 def test_an_engine_joins_the_pool_only_after_the_acceptance_gate(deployment, gateway_url, api_key):
     """An engine the gateway has not accepted (as a host new to the inventory) is `down` until the
     gateway host's short questions pass; one that fails them stays down while the others serve."""
@@ -316,13 +309,13 @@ def test_an_engine_joins_the_pool_only_after_the_acceptance_gate(deployment, gat
     assert refused.returncode != 0
     assert f"engine {newcomer} failed the acceptance gate (p95 " in output, deploy_failure(refused)
     assert f"server {newcomer} max_fails=3 fail_timeout=30s down;" in gateway.check_output(f"cat {CONF_PATH}")
-    before = _requests_served(gateway, newcomer)
+    before = engine_requests_served(gateway, newcomer)
     for _ in range(6):
         answer = httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
                             json={"model": SMOLLM, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]},
                             timeout=60)
         assert answer.status_code == 200, answer.text
-    assert _requests_served(gateway, newcomer) == before  # down: the other engine served all six
+    assert engine_requests_served(gateway, newcomer) == before  # down: the other engine served all six
     accepted_deploy = deployed(LAB, who="acceptance gate: the article's limit")
     assert f"acceptance gate {newcomer}: " in accepted_deploy.stdout + accepted_deploy.stderr
     assert f"server {newcomer} max_fails=3 fail_timeout=30s;" in gateway.check_output(f"cat {CONF_PATH}")
