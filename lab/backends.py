@@ -111,9 +111,9 @@ def pid(host: dict) -> int | None:
     return state.pid_alive(_host_dir(host) / "pid")
 
 
-def stop(host: dict, timeout: float = 30) -> None:
-    """Power the host off (SIGTERM: nspawn halts the container, qemu ends the VM), then remove
-    its overlay: lab hosts are made anew by each `up`."""
+def power_off(host: dict, timeout: float = 30) -> None:
+    """Power the host off (SIGTERM: nspawn halts the container, qemu ends the VM) and keep its
+    disk: `start` boots it again as it was, as a NAS that lost power would."""
     running = pid(host)
     if running:
         os.kill(running, signal.SIGTERM)
@@ -123,6 +123,11 @@ def stop(host: dict, timeout: float = 30) -> None:
             os.kill(running, signal.SIGKILL)
             waiting.wait_until(lambda: not pid(host), KILLED_EXIT_S,
                                f"{host['name']} (pid {running}) to end after SIGKILL", interval=0.1)
+
+
+def stop(host: dict, timeout: float = 30) -> None:
+    """Power the host off, then remove its overlay: lab hosts are made anew by each `up`."""
+    power_off(host, timeout)
     base = _host_dir(host)
     root = base / "root"
     if os.path.ismount(root):

@@ -100,6 +100,27 @@ def up(backend: str, nodes: int, nice: int = 0, scenario: str = "default") -> No
     status()
 
 
+def power(name: str, on: bool) -> None:
+    """One host off (its disk kept) or on again: a NAS unplugged and plugged back in."""
+    _require_root()
+    with state.editing() as current:
+        host = current["hosts"].get(name)
+        if not host:
+            sys.exit(f"lab: no host named {name!r}; `lab status` lists them")
+        if not on:
+            backends.power_off(host)
+            print(f"lab: {name} powered off", file=sys.stderr)
+            return
+        if backends.pid(host):
+            return
+        host["started_at"] = time.monotonic()
+        backends.start(host, image.ensure_image())
+    _wait_ready([host])
+    with state.editing() as current:
+        host.pop("started_at")
+        current["hosts"][name] = host
+
+
 def down() -> None:
     _require_root()
     with state.locked():
@@ -168,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
                                 "rest of the machine leaves idle")
     commands.add_parser("down", help="stop every lab host and remove what the lab added")
     commands.add_parser("status", help="list lab hosts, their state and memory")
+    power_parser = commands.add_parser("power", help="power one host off (its disk kept) or on again")
+    power_parser.add_argument("state", choices=("off", "on"))
+    power_parser.add_argument("name")
     ssh_parser = commands.add_parser("ssh", help="open a shell (or run a command) on a lab host")
     ssh_parser.add_argument("name")
     ssh_parser.add_argument("remote_command", nargs=argparse.REMAINDER)
@@ -178,5 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         down()
     elif args.command == "status":
         status()
+    elif args.command == "power":
+        power(args.name, args.state == "on")
     else:
         ssh_into(args.name, args.remote_command)

@@ -48,14 +48,13 @@ for engine in payload["engines"]:
 
 # Also on the gateway host: the accepted engines' lines lose their `down`, and join the accepted list.
 ACCEPT_SCRIPT = r"""
-import json, sys
+import json, re, sys
 command, path, engines = sys.argv[1], sys.argv[2], sys.argv[3:]
 with open(path) as handle:
     text = handle.read()
 if command == "site":
     for engine in engines:
-        text = text.replace(f"    server {engine} max_fails=3 fail_timeout=30s down;\n",
-                            f"    server {engine} max_fails=3 fail_timeout=30s;\n")
+        text = re.sub(rf"^(    server {re.escape(engine)} [^;\n]*) down;$", r"\1;", text, flags=re.M)
 else:
     text = json.dumps(sorted(set(json.loads(text)) | set(engines))) + "\n"
 with open(path, "w") as handle:
@@ -74,7 +73,7 @@ def pending(plan: Plan, upstreams: list[str], private_dir: str, site_path: str) 
     # Without the list (a stack deployed before the gate existed), the engines the live site has
     # up are accepted already: an upgrade takes no engine out of the pool.
     raw = host.get_fact(Command, f"cat {accepted_path(private_dir)} 2>/dev/null || "
-                                 f"grep -s -o '^    server [^ ]* max_fails=3 fail_timeout=30s;$' {site_path} "
+                                 f"grep -s '^    server [^ ]* [^;]*;$' {site_path} | grep -v ' down;$' "
                                  "| cut -d' ' -f6 || true")
     raw = (raw or "").strip()
     try:

@@ -43,7 +43,7 @@ def deployment(container_lab, request):
 
 @pytest.fixture(scope="session")
 def gateway_url(deployment) -> str:
-    name, data = deployment["groups"]["gateway"][0]
+    _name, data = deployment["groups"]["gateway"][0]
     return f"http://{data['ssh_hostname']}"
 
 

@@ -6,18 +6,22 @@ kept there (the background VM, the deploy times) would exist twice.
 """
 
 import contextlib
+import csv
 import os
 import re
 import runpy
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from lab import config as lab_config
+from lab import state as lab_state
 from lab.waiting import wait_until
 from tests.timing import DEPLOY_TIMES
 
@@ -159,6 +163,78 @@ def inventory_hosts(inventory: str) -> dict[str, list[tuple[str, dict]]]:
 def lab_host(name: str):
     import testinfra
     return testinfra.get_host(f"ssh://{name}", ssh_config=str(lab_config.SSH_CONFIG), sudo=True)
+
+
+@contextlib.contextmanager
+def locust_load(gateway_url: str, api_key: str, prefix, seconds: int, stream_share: float = 1):
+    """4 users (streaming, unless stream_share says otherwise) for `seconds` (bounded in requests
+    too); yields the process. Afterwards the caller reads `requests_and_failures(prefix)`."""
+    env = dict(os.environ, NAS_AI_API_KEY=api_key)
+    env.pop("LOCUST_SKIP_MONKEY_PATCH", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--host", gateway_url,
+         "--headless", "-u", "4", "-r", "4", "-t", f"{seconds}s", "--max-requests", "3000",
+         "--stream-share", str(stream_share),
+         "--think-time", "0.5", "--csv", str(prefix), "--only-summary",
+         # The users' model is whichever serves: llama-server serves one, whatever the request names.
+         "--model", "smollm2-135m-instruct"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+        process.wait(timeout=seconds + 120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def requests_and_failures(prefix) -> tuple[int, int, list[str]]:
+    with open(f"{prefix}_stats.csv") as stats:
+        rows = [row for row in csv.DictReader(stats) if row["Type"] == "POST"]
+    errors = []
+    if os.path.exists(f"{prefix}_failures.csv"):
+        with open(f"{prefix}_failures.csv") as failures:
+            errors = [f"{row['Occurrences']}x {row['Error']}" for row in csv.DictReader(failures)]
+    return sum(int(r["Request Count"]) for r in rows), sum(int(r["Failure Count"]) for r in rows), errors
+
+
+
+@contextlib.contextmanager
+def small_disk(name: str, path: str, size_mib: int):
+    """A volume of its own at `path` on lab container `name`, holding what `path` held: an ext4
+    image on a loop device of this machine, mounted in the container's mount namespace, so a NAS
+    disk can fill up without filling this machine's. Unmounted (lazily: the engine may hold a file
+    open) and detached when the block ends; what was written to it is gone, what `path` held is back."""
+    nspawn = lab_state.pid_alive(lab_config.HOSTS_DIR / name / "pid")
+    init = subprocess.run(["pgrep", "-P", str(nspawn)], capture_output=True, text=True, check=True).stdout.split()[0]
+    image = Path(tempfile.mkdtemp(prefix="lab-disk-")) / "disk.img"
+    subprocess.run(["truncate", "-s", f"{size_mib}M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    node = f"/dev/lab-{Path(device).name}"
+
+    def inside(script: str) -> None:
+        subprocess.run(["nsenter", "-t", init, "-m", "--", "sh", "-euc", script], check=True, timeout=120)
+
+    try:
+        staging = f"/run/lab-{Path(device).name}"
+        inside(f"mknod {node} b 7 {os.minor(os.stat(device).st_rdev)}; mkdir -p {staging}; "
+               f"mount {node} {staging}; cp -a {path}/. {staging}/; umount {staging}; rmdir {staging}; "
+               f"mount {node} {path}")
+        yield
+    finally:
+        inside(f"umount -l {path} 2>/dev/null || true; rm -f {node}")
+        subprocess.run(["losetup", "-d", device], check=False)
+        shutil.rmtree(image.parent, ignore_errors=True)
+
+
+def fill(host, path: str, leave_bytes: int = 0, name: str = "lab-filler") -> str:
+    """Fill the volume holding `path` (a file of its own there) until `leave_bytes` are free; returns
+    the file to remove."""
+    free = int(host.check_output(f"df -B1 --output=avail {path} | tail -1"))
+    filler = f"{path}/{name}"
+    host.check_output(f"fallocate -l {max(free - leave_bytes, 4096)} {filler}")
+    return filler
 
 
 class BackgroundVm:

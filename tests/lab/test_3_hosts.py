@@ -54,7 +54,7 @@ def test_engine_and_gateway_listen_only_where_they_should(node, scenario):
 
 
 def test_slice_limits_and_unit_properties(node):
-    name, host, settings = node
+    _name, host, settings = node
     slice_props = host.check_output("systemctl show nasai.slice -p MemoryMax -p MemoryHigh -p CPUQuotaPerSecUSec")
     assert f"MemoryMax={settings.service_memory_max}" in slice_props
     assert f"MemoryHigh={int(settings.service_memory_max * 0.9) // 2**20 * 2**20}" in slice_props
@@ -118,7 +118,7 @@ def test_gateway_secrets_are_private(scenario):
 
 def _remote_engine(scenario) -> tuple[str, int]:
     """The address and port of an engine on a host that is neither gateway nor monitoring."""
-    name = [n for n in scenario.hosts if n not in scenario.gateways + scenario.monitoring][0]
+    name = next(n for n in scenario.hosts if n not in scenario.gateways + scenario.monitoring)
     return scenario.addresses[name], scenario.settings[name].engine_port
 
 

@@ -4,6 +4,7 @@ change made by a deploy (new workers take new requests, the old ones finish thei
 engine killed (its llama-server, or its front) or hung (SIGSTOP) mid-generation. Each case
 asserts what the stack promises and prints its figures."""
 
+import datetime
 import json
 import threading
 import time
@@ -14,9 +15,24 @@ import pytest
 from nas_ai_engine.sse import DataParser
 
 from lab.waiting import wait_until
-from tasks.gateway import MAIN_CONF_PATH
+from tasks import model_rollout
+from tasks.gateway import ACCESS_LOG, MAIN_CONF_PATH
+from tasks.monitoring import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS
 from tasks.settings import resolve
-from tests.lab.harness import deployed, engine_requests_served, lab_host
+from tests.lab import models
+from tests.lab.harness import (
+    deploy,
+    deploy_failure,
+    deployed,
+    engine_requests_served,
+    fill,
+    lab,
+    lab_host,
+    locust_load,
+    requests_and_failures,
+    small_disk,
+    ssh_tunnel,
+)
 
 pytestmark = pytest.mark.lab
 STREAMS = 20
@@ -168,7 +184,7 @@ def test_an_engine_killed_or_hung_mid_generation_comes_back_and_the_gateway_rout
     host = lab_host(victim)
     before = _engine(host)
     assert before["active"] and len(before["children"]) == 1
-    # nginx takes an engine that failed out of its pool for fail_timeout (30 s): the victim of the
+    # nginx takes an engine that failed out of its pool for fail_timeout (10 s): the victim of the
     # previous case must be back in it before the streams start.
     gateway = lab_host(deployment["groups"]["gateway"][0][0])
     data = dict(deployment["groups"]["inference"])[victim]
@@ -216,3 +232,123 @@ def test_an_engine_killed_or_hung_mid_generation_comes_back_and_the_gateway_rout
     if signal == "KILL":
         assert failed == []
     assert len(asker.asked) - len(failed) > 10
+
+
+def _alerts(alertmanager: str, alertname: str, node: str) -> list[dict]:
+    alerts = httpx.get(f"{alertmanager}/api/v2/alerts", params={"active": "true"}, timeout=10).json()
+    return [a for a in alerts if a["labels"].get("alertname") == alertname and a["labels"].get("node") == node]
+
+
+def _retried(gateway, since: float) -> list[float]:
+    """When the gateway passed a request to a second engine after the first failed (nginx lists
+    both in $upstream_addr), in seconds after `since`: each went to an engine twice, never to the
+    client twice."""
+    entries = [json.loads(line) for line in gateway.check_output(f"cat {ACCESS_LOG}").splitlines()]
+    return [when - since for when in (datetime.datetime.fromisoformat(e["time"]).timestamp()
+                                      for e in entries if ", " in e["upstream"]) if when >= since - 1]
+
+
+def test_a_host_lost_under_load_is_routed_around_alerted_and_rejoins_by_itself(
+        deployment, gateway_url, api_key, tmp_path):
+    """The host that is not the gateway powered off while 4 Locust users (the workload mix) and a
+    short-question user are served through the gateway, then powered on again. Nothing the gateway
+    had not sent bytes of fails; the host comes back into the pool by itself; TargetDown fires and
+    resolves."""
+    gateway_name = deployment["groups"]["gateway"][0][0]
+    victim, data = next((name, data) for name, data in deployment["groups"]["inference"] if name != gateway_name)
+    gateway = lab_host(gateway_name)
+    engine = f"{data['ssh_hostname']}:{resolve(victim, data).engine_port}"
+    served = engine_requests_served(gateway, engine)
+    wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 90,
+               f"the gateway to send requests to {victim} again", interval=1)
+    asker = Asker(gateway_url, api_key)
+    with ssh_tunnel(gateway_name, ALERTMANAGER_ADDRESS) as alertmanager:
+        with locust_load(gateway_url, api_key, tmp_path / "lost", 45, stream_share=0.8):
+            asker.start()
+            time.sleep(12)
+            lost, lost_at = time.monotonic(), time.time()
+            powered_off = lab("power", "off", victim)
+            assert powered_off.returncode == 0, powered_off.stderr
+            off_s = time.monotonic() - lost
+        sent, failed, errors = requests_and_failures(tmp_path / "lost")
+        during = [a for a in asker.asked if a.sent >= lost]
+        alerted = wait_until(lambda: _alerts(alertmanager, "TargetDown", victim), 240,
+                             f"TargetDown for {victim}'s engine and node in Alertmanager", interval=2,
+                             ready=lambda alerts: {a["labels"]["job"] for a in alerts} >= {"engine", "node"})
+        alerted_s = time.monotonic() - lost
+        powered_on = time.monotonic()
+        boot = lab("power", "on", victim)
+        assert boot.returncode == 0, boot.stderr
+        booted_s = time.monotonic() - powered_on
+        served = engine_requests_served(gateway, engine)
+        wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 120,
+                   f"{victim} to serve requests through the gateway again", interval=1)
+        rejoined_s = time.monotonic() - powered_on
+        wait_until(lambda: not _alerts(alertmanager, "TargetDown", victim), 240, "TargetDown to resolve", interval=2)
+        resolved_s = time.monotonic() - powered_on
+    asker.stop.set()
+    asker.join(timeout=130)
+    host = lab_host(victim)
+    units = "nas-ai-engine nas-ai-firewall prometheus-node-exporter"
+    failed_asked = [a for a in asker.asked if a.status != 200]
+    waits = sorted(a.ended - a.sent for a in during)
+    retried = _retried(gateway, lost_at)
+    print(f"{victim} powered off ({off_s:.1f} s to halt) under 4 Locust users of the mix and a short-question user: "
+          f"Locust {sent} requests, {failed} failed ({'; '.join(errors) or 'none'}); short questions during the "
+          f"loss {len(during)}, failed {len(failed_asked)}, median {waits[len(waits) // 2]:.2f} s, over 1.5 s "
+          f"{sum(w > 1.5 for w in waits)}, slowest {waits[-1]:.1f} s; retried on the other engine {len(retried)}, "
+          f"the last {max(retried, default=0):.0f} s after the loss; TargetDown {len(alerted)} alerts active {alerted_s:.0f} s after the loss "
+          f"(for: 1m); powered on: booted in {booted_s:.1f} s, serving through the gateway {rejoined_s:.1f} s, "
+          f"TargetDown resolved {resolved_s:.0f} s after power-on")
+    # Streams cut as the host halted are the only failures: each user had at most one in flight.
+    assert failed <= 4, errors
+    assert not [e for e in errors if "HTTP " in e], errors  # no 5xx from the gateway: nothing refused
+    assert failed_asked == []
+    assert set(host.run(f"systemctl is-active {units}").stdout.split()) == {"active"}
+
+
+def _prometheus_alerts(prometheus: str, alertname: str, **labels) -> list[dict]:
+    """Alerts pending or firing in Prometheus itself: a rule's expression true, before its `for`."""
+    answer = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()
+    return [a for a in answer["data"]["alerts"]
+            if a["labels"].get("alertname") == alertname and all(a["labels"].get(k) == v for k, v in labels.items())]
+
+
+def test_a_full_model_store_keeps_the_engine_serving_refuses_a_new_model_and_warns(
+        deployment, gateway_url, api_key):
+    """The model store of the host that is not the gateway on a volume of its own, filled to 99 %
+    by something else on the NAS: the engine serves on from the model it has loaded, a deploy of a
+    new model is refused by preflight with what to change (every host keeps its model), and
+    DiskNearlyFull's expression holds for that volume (pending: it fires after its 10 minutes)."""
+    gateway_name = deployment["groups"]["gateway"][0][0]
+    victim, data = next((name, data) for name, data in deployment["groups"]["inference"] if name != gateway_name)
+    store = resolve(victim, data).model_store_dir
+    gateway, host = lab_host(gateway_name), lab_host(victim)
+    engine = f"{data['ssh_hostname']}:{resolve(victim, data).engine_port}"
+    names = [name for name, _ in deployment["groups"]["inference"]]
+    model_json = model_rollout.config_path(resolve(victim, data))
+    configs = {name: lab_host(name).check_output(f"cat {model_json}") for name in names}
+    gemma = models.gemma()
+    with small_disk(victim, store, 512), ssh_tunnel(gateway_name, PROMETHEUS_ADDRESS) as prometheus:
+        filler = fill(host, store, leave_bytes=5 << 20)
+        filled = time.monotonic()
+        pending = wait_until(lambda: _prometheus_alerts(prometheus, "DiskNearlyFull", node=victim, mountpoint=store),
+                             120, f"DiskNearlyFull pending for {store} on {victim}", interval=2)
+        pending_s = time.monotonic() - filled
+        served = engine_requests_served(gateway, engine)
+        wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 90,
+                   f"the engine on {victim} to answer with its disk full", interval=1)
+        deploying = time.monotonic()
+        refused = deploy("inventory/lab.py", *models.model_data(models.GEMMA_NAME, gemma, models.GEMMA_SHA256),
+                         who="faults: a new model onto a full store")
+        refused_s = time.monotonic() - deploying
+        after = {name: lab_host(name).check_output(f"cat {model_json}") for name in names}
+        free_mib = int(host.check_output(f"df -B1 --output=avail {store} | tail -1")) >> 20
+        host.check_output(f"rm -f {filler}")
+    message = deploy_failure(refused)
+    print(f"model store {store} on {victim} filled ({free_mib} MiB left of 512): DiskNearlyFull pending "
+          f"{pending_s:.0f} s after the fill ({pending[0]['state']}); engine answered through the gateway; "
+          f"deploy of Gemma refused in {refused_s:.1f} s: {message.strip().splitlines()[-1][:300]}")
+    assert refused.returncode != 0
+    assert f"MiB free at {store}" in message and "free space or move model_store_dir" in message, message
+    assert after == configs  # no host changed its model, the full one nor the others

@@ -3,16 +3,11 @@ change of model and the way back, a model that cannot load, and one that crashes
 request may fail; each case prints its figures (swap and rollback times, time to first token of
 a fifth user that asks every half second, before and during the swaps)."""
 
-import csv
 import datetime
 import json
-import os
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -24,7 +19,6 @@ from tasks.settings import BUNDLED_MODEL, resolve
 from tests.lab import models
 from tests.lab.harness import (
     ALTERNATIVE_INVENTORY,
-    ROOT,
     changed_operations,
     deploy,
     deploy_failure,
@@ -32,6 +26,8 @@ from tests.lab.harness import (
     engine_requests_served,
     http_from,
     lab_host,
+    locust_load,
+    requests_and_failures,
     ssh_tunnel,
 )
 
@@ -39,37 +35,6 @@ pytestmark = pytest.mark.lab
 LAB = "inventory/lab.py"
 SMOLLM = "smollm2-135m-instruct"
 STORE = "/data/models"
-
-
-@contextmanager
-def locust_load(gateway_url: str, api_key: str, prefix, seconds: int):
-    """4 streaming users for `seconds` (bounded in requests too); yields the process. Afterwards
-    the caller reads `requests_and_failures(prefix)`."""
-    env = dict(os.environ, NAS_AI_API_KEY=api_key)
-    env.pop("LOCUST_SKIP_MONKEY_PATCH", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--host", gateway_url,
-         "--headless", "-u", "4", "-r", "4", "-t", f"{seconds}s", "--max-requests", "3000", "--stream-share", "1",
-         "--think-time", "0.5", "--csv", str(prefix), "--only-summary",
-         # The users' model is whichever serves: llama-server serves one, whatever the request names.
-         "--model", SMOLLM],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        yield process
-        process.wait(timeout=seconds + 120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-
-
-def requests_and_failures(prefix) -> tuple[int, int, list[str]]:
-    with open(f"{prefix}_stats.csv") as stats:
-        rows = [row for row in csv.DictReader(stats) if row["Type"] == "POST"]
-    errors = []
-    if os.path.exists(f"{prefix}_failures.csv"):
-        with open(f"{prefix}_failures.csv") as failures:
-            errors = [f"{row['Occurrences']}x {row['Error']}" for row in csv.DictReader(failures)]
-    return sum(int(r["Request Count"]) for r in rows), sum(int(r["Failure Count"]) for r in rows), errors
 
 
 class Observer(threading.Thread):
@@ -308,7 +273,7 @@ def test_an_engine_joins_the_pool_only_after_the_acceptance_gate(deployment, gat
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0
     assert f"engine {newcomer} failed the acceptance gate (p95 " in output, deploy_failure(refused)
-    assert f"server {newcomer} max_fails=3 fail_timeout=30s down;" in gateway.check_output(f"cat {CONF_PATH}")
+    assert f"server {newcomer} max_fails=3 fail_timeout=10s down;" in gateway.check_output(f"cat {CONF_PATH}")
     before = engine_requests_served(gateway, newcomer)
     for _ in range(6):
         answer = httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
@@ -318,7 +283,7 @@ def test_an_engine_joins_the_pool_only_after_the_acceptance_gate(deployment, gat
     assert engine_requests_served(gateway, newcomer) == before  # down: the other engine served all six
     accepted_deploy = deployed(LAB, who="acceptance gate: the article's limit")
     assert f"acceptance gate {newcomer}: " in accepted_deploy.stdout + accepted_deploy.stderr
-    assert f"server {newcomer} max_fails=3 fail_timeout=30s;" in gateway.check_output(f"cat {CONF_PATH}")
+    assert f"server {newcomer} max_fails=3 fail_timeout=10s;" in gateway.check_output(f"cat {CONF_PATH}")
     again = deployed(LAB, who="acceptance gate: nothing changed")
     assert changed_operations(again.stdout + again.stderr) == 0
     # A gateway deployed before the gate existed has no list: the engines its site has up stay up.

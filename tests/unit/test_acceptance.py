@@ -27,8 +27,8 @@ def _site(tmp_path, pending=()):
 @needs_nginx
 def test_an_engine_not_accepted_is_down_and_the_site_passes_nginx_t(tmp_path):
     site = _site(tmp_path, pending=ENGINES[1:])
-    assert "server 10.213.0.12:8080 max_fails=3 fail_timeout=30s down;" in site
-    assert "server 127.0.0.1:8080 max_fails=3 fail_timeout=30s;" in site
+    assert "server 10.213.0.12:8080 max_fails=3 fail_timeout=10s down;" in site
+    assert "server 127.0.0.1:8080 max_fails=3 fail_timeout=10s;" in site
     result = _nginx_test(tmp_path, site)
     assert result.returncode == 0, result.stderr
 

@@ -46,7 +46,7 @@ def test_gateway_config_passes_nginx_t(tmp_path):
     result = _nginx_test(tmp_path, site)
     assert result.returncode == 0, result.stderr
     assert "least_conn;" in site and "zone nas_ai_engines" in site
-    assert "server 10.213.0.12:8080 max_fails=3 fail_timeout=30s;" in site
+    assert "server 10.213.0.12:8080 max_fails=3 fail_timeout=10s;" in site
     assert "rate=10r/m" in site and "burst=5 nodelay" in site
     assert "limit_conn nas_ai_conn_1 2;" in site and "nas_ai_rate_2" not in site
     assert "proxy_buffering off;" in site and "server_tokens off;" in site
