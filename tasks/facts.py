@@ -12,15 +12,20 @@ echo "cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
 echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"
 dir=STORE_DIR; while [ ! -e "$dir" ]; do dir=$(dirname "$dir"); done
 echo "store_free_kib=$(df -Pk "$dir" | awk 'NR==2 {print $4}')"
+dir=TSDB_DIR; while [ ! -e "$dir" ]; do dir=$(dirname "$dir"); done
+echo "tsdb_free_kib=$(df -Pk "$dir" | awk 'NR==2 {print $4}')"
+echo "tsdb_used_kib=$(du -sk TSDB_DIR 2>/dev/null | cut -f1)"
 """
 
 
 class NasHost(FactBase):
     """{"arch", "os_id", "os_version", "cpu_flags" (set), "cpus", "mem_bytes", "cgroup_fs",
-    "systemd" (bool), "store_free_bytes"}"""
+    "systemd" (bool), "store_free_bytes", "tsdb_free_bytes", "tsdb_used_bytes"}: the free bytes of
+    the model store's disk and of Prometheus's, and what Prometheus's samples take now."""
 
-    def command(self, store_dir: str) -> str:
-        return FIELDS_SCRIPT.replace("STORE_DIR", "'" + store_dir.replace("'", "") + "'")
+    def command(self, store_dir: str, tsdb_dir: str) -> str:
+        return (FIELDS_SCRIPT.replace("STORE_DIR", "'" + store_dir.replace("'", "") + "'")
+                .replace("TSDB_DIR", "'" + tsdb_dir.replace("'", "") + "'"))
 
     def process(self, output) -> dict:
         raw = dict(line.split("=", 1) for line in output if "=" in line)
@@ -34,6 +39,8 @@ class NasHost(FactBase):
             "cgroup_fs": raw.get("cgroup_fs", ""),
             "systemd": raw.get("systemd") == "yes",
             "store_free_bytes": int(raw.get("store_free_kib") or 0) * 1024,
+            "tsdb_free_bytes": int(raw.get("tsdb_free_kib") or 0) * 1024,
+            "tsdb_used_bytes": int(raw.get("tsdb_used_kib") or 0) * 1024,
         }
 
 

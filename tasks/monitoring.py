@@ -8,6 +8,7 @@ from pyinfra.operations import apt
 from tasks import firewall, topology
 from tasks.gateway import ACCESS_LOG, STUB_STATUS_ADDRESS
 from tasks.plan import Plan
+from tasks.settings import DeployError
 from tasks.rendering import (
     SYSTEMD_DIR,
     install_checked,
@@ -27,6 +28,11 @@ MTAIL_PROGRAM = "/etc/mtail/nas-ai-gateway.mtail"
 # operator's SSH tunnel. Alertmanager runs alone, without its cluster port.
 PROMETHEUS_ADDRESS = f"127.0.0.1:{firewall.PROMETHEUS_PORT}"
 ALERTMANAGER_ADDRESS = f"127.0.0.1:{firewall.ALERTMANAGER_PORT}"
+TSDB_DIR = "/var/lib/prometheus/metrics2"  # the Debian package's --storage.tsdb.path
+# Prometheus deletes its oldest block only once the cap is passed, and its write-ahead log comes on
+# top: its documentation advises a cap of at most 80-85 % of the disk it has.
+RETENTION_DISK_SHARE = 0.8
+_SIZE_UNITS = {unit: 1 << (10 * power) for power, unit in enumerate("BKMGTPE")}
 # The units node_exporter reports on: the stack's and the ones it stands on.
 WATCHED_UNITS = r"(nas-ai-engine|nas-ai-firewall|nginx|prometheus|prometheus-alertmanager|ssh)\.service"
 
@@ -42,6 +48,29 @@ StartLimitIntervalSec=0
 Restart=always
 RestartSec=5
 """
+
+
+def retention_bytes(size: str) -> int | None:
+    """A Prometheus size (settings.PROMETHEUS_SIZE: 2GB, 512MiB; powers of 1024 either way) in
+    bytes; None for 0, no cap."""
+    if size == "0":
+        return None
+    number = size.rstrip("B").rstrip("i")
+    unit = number[-1] if number[-1] in _SIZE_UNITS else "B"
+    return int(float(number.rstrip("KMGTPE")) * _SIZE_UNITS[unit])
+
+
+def check(settings, room_bytes: int) -> None:
+    """Prometheus's size cap must be reached before its disk is full: `room_bytes` is what it has
+    (the free space of its disk plus what its samples take now)."""
+    cap = retention_bytes(settings.monitoring_retention_size)
+    limit = int(room_bytes * RETENTION_DISK_SHARE)
+    if cap is not None and cap > limit:
+        raise DeployError(
+            f"monitoring_retention_size {settings.monitoring_retention_size} would fill the disk before "
+            f"Prometheus reaches it: {room_bytes >> 20} MiB are free for it at {TSDB_DIR} (with what it holds "
+            f"now), and it may pass its cap by a block before deleting one. Set monitoring_retention_size "
+            f"to at most {limit >> 20}MiB, or free space on that disk")
 
 
 def _flags(name: str, package: str, args: str):

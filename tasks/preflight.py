@@ -4,7 +4,18 @@ Each refusal raises DeployError with the key or fact at fault and what to change
 from pyinfra import host
 from pyinfra.facts.files import File
 
-from tasks import budget, cpu_profile, engine, gateway, grafana, model_rollout, model_source, service, topology
+from tasks import (
+    budget,
+    cpu_profile,
+    engine,
+    gateway,
+    grafana,
+    model_rollout,
+    model_source,
+    monitoring,
+    service,
+    topology,
+)
 from tasks.facts import NasHost, ServedModel
 from tasks.plan import Plan
 from tasks.settings import MAX_PARALLEL, DeployError, Settings, resolve
@@ -37,7 +48,7 @@ def _check_cgroups(facts: dict, settings: Settings) -> None:
 
 def check() -> Plan:
     settings = resolve(host.name, host.data.dict())
-    facts = host.get_fact(NasHost, store_dir=settings.model_store_dir)
+    facts = host.get_fact(NasHost, store_dir=settings.model_store_dir, tsdb_dir=monitoring.TSDB_DIR)
     _check_os(facts)
     _check_cgroups(facts, settings)
     profile = cpu_profile.select(f"{facts['os_id']}{facts['os_version'].split('.')[0]}",
@@ -81,6 +92,7 @@ def check() -> Plan:
         if roles["gateway"]:
             gateway.check(settings)
         if roles["monitoring"]:
+            monitoring.check(settings, facts["tsdb_free_bytes"] + facts["tsdb_used_bytes"])
             grafana.check(settings)
     except DeployError as error:
         raise DeployError(f"{host.name}: {error}") from None

@@ -65,7 +65,7 @@ def configure(plan: Plan, engine_changed: bool) -> None:
     config_path = _config_path(settings)
     slice_op = put_unit_file("Slice nasai.slice with the stack's limits", render(
         "service/nasai.slice.j2", memory_high=limits.memory_high, memory_max=limits.memory_max,
-        cpu_quota_percent=limits.cpu_quota_percent), SLICE_PATH)
+        cpu_quota_percent=limits.cpu_quota_percent, cpu_weight=settings.service_cpu_weight), SLICE_PATH)
     unit_op = put_unit_file(f"Unit {UNIT_NAME}", render(
         "service/nas-ai-engine.service.j2", user=settings.system_user, state_dir=model_rollout.STATE_DIR,
         app_dir=paths["app"], python=paths["python"], config=config_path, threads=limits.threads,

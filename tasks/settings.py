@@ -122,6 +122,8 @@ SETTINGS: dict[str, Setting] = {
                               minimum=256 * MIB),
     "service_cpu_quota_percent": _s(None, (int, NONE), "CPU quota of the slice; default all cores but half of one from 4 cores up (350 % on 4, as in the article), all cores below.",
                                     minimum=10),
+    "service_cpu_weight": _s(1000, int, "CPU weight of the slice against the NAS's own services (system.slice: 100) when both want the CPU; it costs them nothing while the engine is idle. Measured with a CPU hog in system.slice: 100 made a short question 3.0x slower, 1000 1.2x (README, Faults).",
+                             minimum=1, maximum=10000),
     # gateway
     "gateway_port": _s(80, int, "HTTP port of the gateway.", minimum=PORT[0], maximum=PORT[1]),
     "gateway_api_keys": _s(None, (dict, NONE), "{name: key} of the clients, or {name: {key: ..., rate_per_minute: ..., rate_burst: ..., concurrent: ...}} for a client with its own limits (each defaults to the gateway_ key); default: one key generated on the controller (see README)."),

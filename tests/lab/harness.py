@@ -214,16 +214,18 @@ def small_disk(name: str, path: str, size_mib: int):
     node = f"/dev/lab-{Path(device).name}"
 
     def inside(script: str) -> None:
-        subprocess.run(["nsenter", "-t", init, "-m", "--", "sh", "-euc", script], check=True, timeout=120)
+        # The pid namespace too: umount reads /proc/self, the container's /proc there.
+        subprocess.run(["nsenter", "-t", init, "-m", "-p", "--", "sh", "-euc", script], check=True, timeout=120)
 
     try:
         staging = f"/run/lab-{Path(device).name}"
         inside(f"mknod {node} b 7 {os.minor(os.stat(device).st_rdev)}; mkdir -p {staging}; "
-               f"mount {node} {staging}; cp -a {path}/. {staging}/; umount {staging}; rmdir {staging}; "
+               f"mount {node} {staging}; chown $(stat -c %u:%g {path}) {staging}; chmod $(stat -c %a {path}) {staging}; "
+               f"cp -a {path}/. {staging}/; umount {staging}; rmdir {staging}; "
                f"mount {node} {path}")
         yield
     finally:
-        inside(f"umount -l {path} 2>/dev/null || true; rm -f {node}")
+        inside(f"if grep -q '^{node} ' /proc/self/mounts; then umount -l {path}; fi; rm -f {node}")
         subprocess.run(["losetup", "-d", device], check=False)
         shutil.rmtree(image.parent, ignore_errors=True)
 
@@ -233,7 +235,10 @@ def fill(host, path: str, leave_bytes: int = 0, name: str = "lab-filler") -> str
     the file to remove."""
     free = int(host.check_output(f"df -B1 --output=avail {path} | tail -1"))
     filler = f"{path}/{name}"
-    host.check_output(f"fallocate -l {max(free - leave_bytes, 4096)} {filler}")
+    # The file system needs some blocks for the file's own extents: the last MiB goes byte by byte.
+    host.check_output(f"fallocate -l {max(free - leave_bytes - (1 << 20), 4096)} {filler}")
+    if leave_bytes == 0:
+        host.run(f"dd if=/dev/zero of={filler} bs=64k oflag=append conv=notrunc status=none")  # until ENOSPC
     return filler
 
 

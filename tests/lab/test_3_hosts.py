@@ -55,10 +55,12 @@ def test_engine_and_gateway_listen_only_where_they_should(node, scenario):
 
 def test_slice_limits_and_unit_properties(node):
     _name, host, settings = node
-    slice_props = host.check_output("systemctl show nasai.slice -p MemoryMax -p MemoryHigh -p CPUQuotaPerSecUSec")
+    slice_props = host.check_output("systemctl show nasai.slice -p MemoryMax -p MemoryHigh -p CPUQuotaPerSecUSec "
+                                    "-p CPUWeight")
     assert f"MemoryMax={settings.service_memory_max}" in slice_props
     assert f"MemoryHigh={int(settings.service_memory_max * 0.9) // 2**20 * 2**20}" in slice_props
     assert "CPUQuotaPerSecUSec=2s" in slice_props  # 2 cores: both
+    assert f"CPUWeight={settings.service_cpu_weight}" in slice_props
     unit = host.check_output("systemctl show nas-ai-engine -p Slice -p User -p Restart -p OOMPolicy -p NRestarts")
     for expected in ("Slice=nasai.slice", f"User={settings.system_user}", "Restart=on-failure", "OOMPolicy=kill",
                      "NRestarts=0"):

@@ -6,6 +6,7 @@ asserts what the stack promises and prints its figures."""
 
 import datetime
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import pytest
 from nas_ai_engine.sse import DataParser
 
 from lab.waiting import wait_until
-from tasks import model_rollout
+from tasks import model_rollout, monitoring
 from tasks.gateway import ACCESS_LOG, MAIN_CONF_PATH
 from tasks.monitoring import ALERTMANAGER_ADDRESS, PROMETHEUS_ADDRESS
 from tasks.settings import resolve
@@ -330,6 +331,8 @@ def test_a_full_model_store_keeps_the_engine_serving_refuses_a_new_model_and_war
     configs = {name: lab_host(name).check_output(f"cat {model_json}") for name in names}
     gemma = models.gemma()
     with small_disk(victim, store, 512), ssh_tunnel(gateway_name, PROMETHEUS_ADDRESS) as prometheus:
+        wait_until(lambda: not _prometheus_alerts(prometheus, "DiskNearlyFull", node=victim, mountpoint=store), 330,
+                   f"no DiskNearlyFull for {store} on {victim} before the fill", interval=5)
         filler = fill(host, store, leave_bytes=5 << 20)
         filled = time.monotonic()
         pending = wait_until(lambda: _prometheus_alerts(prometheus, "DiskNearlyFull", node=victim, mountpoint=store),
@@ -352,3 +355,68 @@ def test_a_full_model_store_keeps_the_engine_serving_refuses_a_new_model_and_war
     assert refused.returncode != 0
     assert f"MiB free at {store}" in message and "free space or move model_store_dir" in message, message
     assert after == configs  # no host changed its model, the full one nor the others
+
+
+def _sample_time(prometheus: str) -> float:
+    """When Prometheus last stored a sample of its own scrape."""
+    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": 'timestamp(up{job="prometheus"})'},
+                       timeout=10).json()
+    return float(answer["data"]["result"][0]["value"][1])
+
+
+def test_prometheus_on_a_small_disk_keeps_a_cap_that_fits_and_recovers_from_a_full_one(deployment):
+    """Prometheus's samples on a 256 MiB disk of their own: the deploy refuses the default 2GB cap
+    (it would fill the disk first) and says the largest that fits; with that cap, filling the disk to
+    95 % makes DiskNearlyFull pending; filled to the last byte, Prometheus stays up, and once space is
+    freed it stores samples again by itself."""
+    monitor_name = deployment["groups"]["gateway"][0][0]  # the lab's first host: gateway and monitoring
+    monitor = lab_host(monitor_name)
+    tsdb = monitoring.TSDB_DIR
+    monitor.check_output("systemctl stop prometheus")
+    try:
+        with small_disk(monitor_name, tsdb, 256):
+            try:
+                monitor.check_output("systemctl start prometheus")
+                refused = deploy("inventory/lab.py", who="faults: Prometheus's 2GB cap on a 256 MiB disk")
+                refusal = deploy_failure(refused)
+                largest = re.search(r"at most (\d+MiB)", refusal)
+                assert refused.returncode != 0 and largest, refusal
+                deployed("inventory/lab.py", "--data", f"monitoring_retention_size={largest[1]}",
+                         who="faults: the largest cap that fits")
+                pid = monitor.check_output("systemctl show -p MainPID --value prometheus")
+                with ssh_tunnel(monitor_name, PROMETHEUS_ADDRESS) as prometheus:
+                    wait_until(lambda: _sample_time(prometheus) > time.time() - 30, 60, "Prometheus to scrape")
+                    wait_until(lambda: not _prometheus_alerts(prometheus, "DiskNearlyFull", node=monitor_name,
+                                                              mountpoint=tsdb), 330,
+                               f"no DiskNearlyFull for {tsdb} before the fill", interval=5)
+                    fillers = [fill(monitor, tsdb, leave_bytes=12 << 20)]
+                    nearly_full = time.monotonic()
+                    wait_until(lambda: _prometheus_alerts(prometheus, "DiskNearlyFull", node=monitor_name,
+                                                          mountpoint=tsdb), 120, f"DiskNearlyFull for {tsdb}",
+                               interval=2)
+                    pending_s = time.monotonic() - nearly_full
+                    fillers.append(fill(monitor, tsdb, name="lab-filler-last"))
+                    full_at = time.time()
+                    time.sleep(45)  # three scrapes and rule evaluations with no byte free
+                    healthy = httpx.get(f"{prometheus}/-/healthy", timeout=10).status_code
+                    stored_while_full = _sample_time(prometheus) - full_at
+                    errors = monitor.check_output(
+                        "journalctl -u prometheus --no-pager -o cat --since '-50s' | grep -ci 'no space' || true")
+                    monitor.check_output(f"rm -f {' '.join(fillers)}")
+                    freed_at = time.time()
+                    wait_until(lambda: _sample_time(prometheus) > freed_at, 120,
+                               "Prometheus to store samples again after the disk was freed", interval=2)
+                    recovered_s = _sample_time(prometheus) - freed_at
+                    same_process = monitor.check_output("systemctl show -p MainPID --value prometheus") == pid
+            finally:
+                monitor.run("systemctl stop prometheus")  # off the small disk before it goes
+    finally:
+        monitor.run("systemctl start prometheus")
+    deployed("inventory/lab.py", who="faults: Prometheus's default cap back")
+    print(f"Prometheus on a 256 MiB disk: the 2GB cap refused ({refusal.strip().splitlines()[-1][:240]}); "
+          f"with {largest[1]}: DiskNearlyFull pending {pending_s:.0f} s after the disk was 95 % full; with no "
+          f"byte free for 45 s: /-/healthy {healthy}, newest sample {stored_while_full:+.0f} s from the fill, "
+          f"{errors} 'no space' lines in its journal; samples stored again {recovered_s:.0f} s after the "
+          f"space was freed, {'same process' if same_process else 'after a restart'}")
+    assert healthy == 200
+    assert recovered_s < 60

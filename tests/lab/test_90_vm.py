@@ -6,6 +6,7 @@ these tests come last and take it from there."""
 import os
 import re
 import shlex
+import statistics
 import threading
 import time
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from lab.waiting import wait_until
+from tasks.settings import resolve
 from tests.lab.harness import BACKGROUND_VM, deploy_failure, inventory_hosts, lab_host
 
 pytestmark = [pytest.mark.lab, pytest.mark.vm]
@@ -38,7 +40,7 @@ def vm_lab(vm_background):
     assert result.returncode == 0, result.stderr
     groups = inventory_hosts("inventory/lab_vm.py")
     name, data = groups["inference"][0]
-    return {"name": name, "address": data["ssh_hostname"], "host": lab_host(name)}
+    return {"name": name, "data": data, "address": data["ssh_hostname"], "host": lab_host(name)}
 
 
 def test_vm_boots_its_own_kernel_with_cgroup2_and_no_failed_unit(vm_lab):
@@ -95,6 +97,56 @@ def test_exceeding_memory_max_kills_the_engine_alone_and_it_restarts(vm_stack, a
     assert _complete(vm_stack["address"], api_key).status_code == 200
 
 
+RATE_SPACING_S = 6.5  # the VM's gateway keeps the article's 10 requests a minute per key
+CPU_HOG = "yes >/dev/null & yes >/dev/null & wait"  # both vCPUs busy, as a NAS's indexer or scrub
+
+
+def _short_questions(address: str, api_key: str, count: int = 4) -> list[float]:
+    seconds = []
+    for _ in range(count):
+        started = time.monotonic()
+        response = httpx.post(f"http://{address}/v1/chat/completions", timeout=300,
+                              headers={"Authorization": f"Bearer {api_key}"},
+                              json={"model": "any", "max_tokens": 4,
+                                    "messages": [{"role": "user", "content": "Name one colour."}]})
+        assert response.status_code == 200, response.text
+        seconds.append(time.monotonic() - started)
+        time.sleep(RATE_SPACING_S)
+    return seconds
+
+
+def test_a_busy_nas_keeps_short_questions_within_twice_their_time(vm_stack, api_key):
+    """Both vCPUs taken by a process of the NAS's own services (system.slice): the engine's slice
+    weight (service_cpu_weight) keeps a short question within 2x of its time on an idle VM. The
+    same with systemd's default weight (100, as system.slice) is measured beside it."""
+    host, address = vm_stack["host"], vm_stack["address"]
+    weight = host.check_output("systemctl show -p CPUWeight --value nasai.slice")
+    assert weight == str(resolve(vm_stack["name"], vm_stack["data"]).service_cpu_weight)
+    runtime_weight = "/run/systemd/system.control/nasai.slice.d/50-CPUWeight.conf"
+    _short_questions(address, api_key, 1)  # warm
+    calm = _short_questions(address, api_key)
+    host.run("systemctl stop lab-cpu-hog 2>/dev/null; systemctl reset-failed lab-cpu-hog 2>/dev/null")
+    host.check_output(f"systemd-run --unit lab-cpu-hog --slice system.slice -p RuntimeMaxSec=600 "
+                      f"sh -c {shlex.quote(CPU_HOG)}")
+    try:
+        busy = _short_questions(address, api_key)
+        host.check_output("systemctl set-property --runtime nasai.slice CPUWeight=100")
+        try:
+            equal = _short_questions(address, api_key)
+        finally:
+            host.check_output(f"rm -f {runtime_weight} && systemctl daemon-reload")
+    finally:
+        host.run("systemctl stop lab-cpu-hog")
+    median = statistics.median
+    print(f"short questions (4 tokens) on the VM's 2 vCPUs, median of {len(calm)}: idle {median(calm):.2f} s; "
+          f"both vCPUs busy in system.slice: {median(busy):.2f} s with CPUWeight={weight} "
+          f"({median(busy) / median(calm):.1f}x), {median(equal):.2f} s with the default 100 "
+          f"({median(equal) / median(calm):.1f}x)")
+    assert host.check_output("systemctl show -p CPUWeight --value nasai.slice") == weight
+    assert median(busy) <= 2 * median(calm)
+    assert median(busy) < median(equal)  # the weight is what holds it
+
+
 # Grows by 64 MiB a second, each page written (zeroed pages would cost the kernel nothing),
 # until the kernel kills it: what a runaway NAS service (an indexer, a backup) does.
 MEMORY_HOG = ("import time\nheld = []\nwhile True:\n    held.append(b'x' * (64 << 20))\n"
@@ -133,7 +185,7 @@ def test_memory_pressure_from_outside_the_slice_leaves_the_engine_serving(vm_sta
 
 
 def test_the_stack_is_back_after_a_reboot_in_the_middle_of_a_load(vm_stack, api_key):
-    """A one-token question every few seconds while the VM reboots: those sent while it is down
+    """A one-token question every 6.5 s (the gateway's rate) while the VM reboots: those sent while it is down
     fail, the stack starts by itself, and the questions succeed again without a person."""
     host = vm_stack["host"]
     boot_id = host.check_output("cat /proc/sys/kernel/random/boot_id")
@@ -148,7 +200,7 @@ def test_the_stack_is_back_after_a_reboot_in_the_middle_of_a_load(vm_stack, api_
             except httpx.HTTPError as error:
                 status = type(error).__name__
             asked.append((sent, time.monotonic(), status))
-            stop.wait(3)
+            stop.wait(RATE_SPACING_S)
 
     asker = threading.Thread(target=ask, daemon=True)
     asker.start()
@@ -167,7 +219,7 @@ def test_the_stack_is_back_after_a_reboot_in_the_middle_of_a_load(vm_stack, api_
     asker.join(timeout=180)
     answered_again = min(ended for sent, ended, status in asked if sent > rebooted and status == 200) - rebooted
     failed = [(sent - rebooted, status) for sent, _, status in asked if status != 200]
-    print(f"VM rebooted under a question every 3 s: booted in {booted_s:.0f} s, answered again "
+    print(f"VM rebooted under a question every {RATE_SPACING_S} s: booted in {booted_s:.0f} s, answered again "
           f"{answered_again:.0f} s after the reboot; questions {len(asked)}, failed {len(failed)} "
           f"({', '.join(f'{s} at {t:+.0f} s' for t, s in failed[:6])})")
     assert host.sysctl("vm.swappiness") == 10

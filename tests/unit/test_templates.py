@@ -206,8 +206,8 @@ def test_engine_unit_is_hardened(tmp_path):
 
 def test_slice_carries_the_limits():
     text = render("service/nasai.slice.j2", memory_high=5798205849, memory_max=6442450944,
-                  cpu_quota_percent=350)
-    assert "MemoryMax=6442450944" in text and "CPUQuota=350%" in text
+                  cpu_quota_percent=350, cpu_weight=1000)
+    assert "MemoryMax=6442450944" in text and "CPUQuota=350%" in text and "CPUWeight=1000" in text
 
 
 def test_client_names_that_differ_in_case_alone_are_refused():
