@@ -1,8 +1,10 @@
 """Faults while users are served (issue 13): the gateway's nginx reloaded under 20 concurrent
 streams, first with a broken configuration (refused, the old one serves on), then with a valid
 change made by a deploy (new workers take new requests, the old ones finish their streams); an
-engine killed (its llama-server, or its front) or hung (SIGSTOP) mid-generation. Each case
-asserts what the stack promises and prints its figures."""
+engine killed (its llama-server, or its front) or hung (SIGSTOP) mid-generation; a host powered
+off under Locust and back; the model store's disk and Prometheus's disk full. Each case asserts
+what the stack promises and prints its figures. The faults that need a kernel of their own (CPU
+and memory pressure from the NAS's services, a reboot) are in test_90_vm.py."""
 
 import datetime
 import json
