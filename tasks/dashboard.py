@@ -29,6 +29,8 @@ PANELS = [
         (f"p{q}", f"histogram_quantile(0.{q}, sum by (le) "
                   f"(rate(nas_ai_engine_time_to_first_token_seconds_bucket{{{NODE}}}[$__rate_interval])))")
         for q in ("50", "95", "99")]),
+    ("Prompt tokens per second: from a slot's cache, and read", "short", "engine", [
+        ("cached {{cached}}", f"sum by (cached) (rate(nas_ai_engine_prompt_tokens_total{{{NODE}}}[$__rate_interval]))")]),
     ("Tokens generated per second", "short", "engine", [
         ("tokens/s", f"rate(nas_ai_engine_generated_tokens_total{{{NODE}}}[$__rate_interval])")]),
     ("Queue", "short", "engine", [

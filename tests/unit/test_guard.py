@@ -310,14 +310,50 @@ class LlamaServerApp:
         chunk = json.dumps({"choices": [{"delta": {"content": "Hi"}}]}).encode()
         await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
         last = json.dumps({"choices": [{"finish_reason": "length", "delta": {}}],
-                           "timings": {"prompt_n": 7, "prompt_ms": 1.0, "predicted_ms": 2.0}}).encode()
+                           "timings": {"cache_n": 5, "prompt_n": 7, "prompt_ms": 1.0, "predicted_ms": 2.0}}).encode()
         await send({"type": "http.response.body", "body": b"data: " + last + b"\n\ndata: [DONE]\n\n"})
 
 
-def test_a_streams_prompt_tokens_come_from_llama_servers_timings():
-    before = _sample("nas_ai_engine_prompt_tokens_total")
+def _prompt_tokens() -> tuple[float, float]:
+    return (_sample("nas_ai_engine_prompt_tokens_total", {"cached": "true"}),
+            _sample("nas_ai_engine_prompt_tokens_total", {"cached": "false"}))
+
+
+def test_a_streams_prompt_tokens_come_from_llama_servers_timings_cached_and_read():
+    before = _prompt_tokens()
     _exchange(_guard(LlamaServerApp()), "POST", "/v1/completions", [b'{"prompt": "x", "stream": true}'])
-    assert _sample("nas_ai_engine_prompt_tokens_total") - before == 7
+    assert [a - b for a, b in zip(_prompt_tokens(), before)] == [5, 7]
+
+
+class PlainApp:
+    """Answers once, plain, with the usage (and llama-server's timings when given)."""
+
+    def __init__(self, answer: dict):
+        self.answer = answer
+
+    async def __call__(self, scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(self.answer).encode()})
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    # llama-server: its timings say what the slot's cache held and what it read.
+    ({"usage": {"prompt_tokens": 40, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 32}},
+      "timings": {"cache_n": 32, "prompt_n": 8}}, [32, 8]),
+    # An OpenAI-shaped usage alone: cached_tokens of prompt_tokens.
+    ({"usage": {"prompt_tokens": 40, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 30}}},
+     [30, 10]),
+    # llama-cpp-python: prompt tokens, nothing about a cache: all read.
+    ({"usage": {"prompt_tokens": 12, "completion_tokens": 2}}, [0, 12]),
+    # Nonsense is not counted.
+    ({"usage": {"prompt_tokens": 5, "completion_tokens": 2}, "timings": {"cache_n": "x", "prompt_n": 5}}, [0, 0]),
+])
+def test_a_plain_answers_prompt_tokens_are_counted_cached_and_read(answer, expected):
+    before = _prompt_tokens()
+    _exchange(_guard(PlainApp(answer)), "POST", "/v1/completions", [b'{"prompt": "x"}'])
+    assert [a - b for a, b in zip(_prompt_tokens(), before)] == expected
 
 
 def test_the_engines_own_metrics_are_appended():

@@ -1,6 +1,8 @@
 """Every template renders, and what it renders passes its daemon's own check."""
 
 import contextlib
+import functools
+import http.server
 import json
 import os
 import re
@@ -8,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 
@@ -222,14 +225,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _running_gateway(tmp_path, data: dict, keys: dict, tls: dict | None = None):
-    """The real nginx with the rendered site, on free ports, no engine behind it: a request that
-    passes the gateway's checks gets 503 (no engine); one refused gets its 401, 429 or 301."""
+def _running_gateway(tmp_path, data: dict, keys: dict, tls: dict | None = None, engines: list[str] | None = None):
+    """The real nginx with the rendered site, on free ports, no engine behind it (unless `engines`
+    are given): a request that passes the gateway's checks gets 503 (no engine); one refused gets
+    its 401, 429 or 301."""
     settings = resolve("nas1", {"gateway_port": _free_port(), "gateway_tls_port": _free_port(), **data})
     clients = gateway.clients(keys, settings)
     (tmp_path / "keys.map").write_text(gateway.keys_map(clients))
     (tmp_path / "site.conf").write_text(gateway.site_config(
-        settings, clients, [f"127.0.0.1:{_free_port()}"], "backend-key", tls, keys_file=str(tmp_path / "keys.map"),
+        settings, clients, engines or [f"127.0.0.1:{_free_port()}"], "backend-key", tls, keys_file=str(tmp_path / "keys.map"),
         access_log=str(tmp_path / "access.log"), stub_status_address=f"127.0.0.1:{_free_port()}"))
     (tmp_path / "nginx.conf").write_text(
         f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
@@ -336,3 +340,83 @@ def _answer(url: str, key: str, scheme: str = "Bearer", context=None) -> tuple[i
             return response.status, dict(response.headers), response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read().decode()
+
+
+class _Engine(http.server.BaseHTTPRequestHandler):
+    """An engine that answers every request with its own name (the server's)."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"engine": self.server.name}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _engines(count: int):
+    servers = []
+    for index in range(count):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Engine)
+        server.name = f"engine-{index}"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _engine_of(port: int, key: str, body: dict, headers: dict | None = None) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                                              **(headers or {})})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["engine"]
+
+
+CHAT = {"model": "any", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+
+
+@needs_nginx
+def test_a_session_goes_back_to_one_engine_and_requests_without_one_to_either(tmp_path):
+    """The session: the X-Session-Id header, else Open WebUI's chat id, else its user id. Each
+    session's requests land on one engine; requests without one take turns, whatever their body
+    says (nginx picks the engine before it reads the body)."""
+    key = "sk-alice-0123456789abcdef"
+    with _engines(2) as engines, _running_gateway(
+            tmp_path, {"gateway_rate_per_minute": 6000, "gateway_rate_burst": 200}, {"alice": key},
+            engines=[f"127.0.0.1:{e.server_address[1]}" for e in engines]) as settings:
+        ask = functools.partial(_engine_of, settings.gateway_port, key)
+        for header in ("X-Session-Id", "X-OpenWebUI-Chat-Id", "X-OpenWebUI-User-Id"):
+            landed = {n: {ask(CHAT, {header: f"chat-{n}"}) for _ in range(5)} for n in range(8)}
+            assert all(len(engines_of_session) == 1 for engines_of_session in landed.values()), (header, landed)
+            # Eight sessions over two engines: both are used (the chance of one alone is 2 in 256).
+            assert {e for seen in landed.values() for e in seen} == {"engine-0", "engine-1"}, (header, landed)
+        # X-Session-Id wins over Open WebUI's headers, its chat over its user.
+        assert len({ask(CHAT, {"X-Session-Id": "one", "X-OpenWebUI-Chat-Id": f"c{n}"}) for n in range(8)}) == 1
+        assert len({ask(CHAT, {"X-OpenWebUI-Chat-Id": "one", "X-OpenWebUI-User-Id": f"u{n}"}) for n in range(8)}) == 1
+        assert {ask(CHAT) for _ in range(6)} == {"engine-0", "engine-1"}  # idle engines take turns (least_conn)
+        assert {ask({**CHAT, "user": "alice", "prompt_cache_key": "k"}) for _ in range(6)} == {"engine-0", "engine-1"}
+
+
+@needs_nginx
+def test_a_sessions_engine_gone_its_requests_go_to_the_other(tmp_path):
+    key = "sk-alice-0123456789abcdef"
+    with _engines(2) as engines, _running_gateway(
+            tmp_path, {"gateway_rate_per_minute": 6000, "gateway_rate_burst": 200}, {"alice": key},
+            engines=[f"127.0.0.1:{e.server_address[1]}" for e in engines]) as settings:
+        ask = functools.partial(_engine_of, settings.gateway_port, key, CHAT)
+        first = ask({"X-Session-Id": "long-chat"})
+        gone = next(e for e in engines if e.name == first)
+        gone.shutdown()
+        gone.server_close()
+        assert {ask({"X-Session-Id": "long-chat"}) for _ in range(4)} == {
+            next(e.name for e in engines if e is not gone)}

@@ -168,12 +168,26 @@ class _ResponseObserver:
             try:
                 answer = json.loads(b"".join(self.plain_body))
                 usage = answer.get("usage") or {}
+                timings = answer.get("timings")
             except (ValueError, AttributeError):
                 return
-            metrics.PROMPT_TOKENS.inc(usage.get("prompt_tokens", 0))
+            _count_prompt(timings if isinstance(timings, dict) else None, usage)
             metrics.GENERATED_TOKENS.inc(usage.get("completion_tokens", 0))
-        elif self.timings:  # a stream: llama-server's count of the prompt it processed
-            metrics.PROMPT_TOKENS.inc(self.timings.get("prompt_n", 0))
+        elif self.timings:  # a stream: llama-server's timings, in its last chunk
+            _count_prompt(self.timings, {})
+
+
+def _count_prompt(timings: dict | None, usage: dict) -> None:
+    """Prompt tokens a slot's cache held (llama-server's cache_n) and those it read (prompt_n);
+    without timings (llama-cpp-python), the usage's prompt tokens, all read."""
+    if timings is not None:
+        cached, read = timings.get("cache_n", 0), timings.get("prompt_n", 0)
+    else:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        read = usage.get("prompt_tokens", 0) - cached
+    if isinstance(cached, int) and isinstance(read, int) and cached >= 0 and read >= 0:
+        metrics.PROMPT_TOKENS.labels("true").inc(cached)
+        metrics.PROMPT_TOKENS.labels("false").inc(read)
 
 
 def _json_schema_field(request: dict) -> str | None:

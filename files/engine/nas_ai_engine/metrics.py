@@ -22,8 +22,11 @@ QUEUE_WAIT = Histogram("nas_ai_engine_queue_wait_seconds",
                        "Arrival to the engine taking the request (a free slot, or llama-cpp-python's lock)",
                        buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 PROMPT_TOKENS = Counter("nas_ai_engine_prompt_tokens",
-                        "Prompt tokens processed (streams: llama-server only; llama-cpp-python reports none)",
-                        registry=REGISTRY)
+                        "Prompt tokens by whether a slot's cache held them (cached=true) or they were read "
+                        "(false), from llama-server's timings; llama-cpp-python's all count as read (its "
+                        "streams report none)", ["cached"], registry=REGISTRY)
+for _cached in ("true", "false"):  # both series exist from the start: a hit ratio is never empty
+    PROMPT_TOKENS.labels(_cached)
 GENERATED_TOKENS = Counter("nas_ai_engine_generated_tokens", "Tokens generated", registry=REGISTRY)
 IN_FLIGHT = Gauge("nas_ai_engine_requests_in_flight", "Generation requests being served or waiting",
                   registry=REGISTRY)
