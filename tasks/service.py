@@ -33,6 +33,7 @@ def engine_config(plan: Plan) -> dict:
             "max_logit_bias": settings.engine_max_logit_bias,
         },
         "workers": plan.parallel if settings.engine_server == "llama-cpp-python" else 1,
+        "short_first_wait_s": settings.engine_short_first_wait_s,
         # llama-server's slots depend on the model's KV cache: they are in model.json.
         "native": {
             "binary": engine.paths(plan)["llama_server"],

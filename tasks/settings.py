@@ -96,6 +96,8 @@ SETTINGS: dict[str, Setting] = {
                         choices=ENGINE_SERVERS),
     "engine_parallel": _s(None, (int, NONE), f"Requests llama-server serves at once, each with the full context; default: as many as the memory budget holds, at most {MAX_PARALLEL}.",
                           minimum=1, maximum=64),
+    "engine_short_first_wait_s": _s(20, int, "When every slot is busy, the request with the shortest body (its prompt) takes the next free slot, unless one has waited this many seconds (those go first, oldest first): short questions pass long prompts, which wait at most this long for them. 0: first come, first served.",
+                                    minimum=0, maximum=600),
     "engine_workers": _s(1, int, "llama-cpp-python only: processes per host, each serving one request at a time with engine_threads / workers threads (the model's pages are shared).",
                          minimum=1, maximum=64),
     "engine_port": _s(8080, int, "Port of the engine on each inference host.", minimum=PORT[0], maximum=PORT[1]),

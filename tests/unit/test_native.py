@@ -207,3 +207,69 @@ def test_a_child_that_cannot_be_reached_gets_a_503_the_gateway_retries_elsewhere
     assert sent[0]["status"] == 503
     assert b"engine_unavailable" in sent[1]["body"]
     assert len(upstream.pool.free) == 1
+
+
+def _ticket_order(short_first_wait_s: float, arrivals: list[tuple[str, int, float]], frees: list[float],
+                  tickets: int = 1) -> list[str]:
+    """Requests (name, body bytes, arrival s) wait for `tickets` busy tickets, freed one at a time
+    at `frees` s; returns the names in the order they got one."""
+    async def run():
+        pool = native.Pool(1, MODEL, [], ["sock"] * tickets, [])
+        upstream = native.Upstream("key", pool, short_first_wait_s=short_first_wait_s)
+        order = []
+
+        async def request(name, size, at):
+            await asyncio.sleep(at)
+            await upstream.take(size)
+            order.append(name)
+
+        waiting = [asyncio.ensure_future(request(*arrival)) for arrival in arrivals]
+        for at in frees:
+            await asyncio.sleep(at)
+            upstream.give(pool, "sock")
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        return order
+
+    return asyncio.run(run())
+
+
+def test_without_short_first_tickets_go_first_come_first_served():
+    arrivals = [("long", 9000, 0.0), ("short", 20, 0.01), ("medium", 400, 0.02)]
+    assert _ticket_order(0, arrivals, [0.05, 0.01, 0.01]) == ["long", "short", "medium"]
+
+
+def test_short_requests_take_a_free_ticket_before_longer_ones():
+    arrivals = [("long", 9000, 0.0), ("short", 20, 0.01), ("medium", 400, 0.02)]
+    assert _ticket_order(30, arrivals, [0.05, 0.01, 0.01]) == ["short", "medium", "long"]
+
+
+def test_a_long_request_waits_at_most_short_first_wait_s_behind_shorter_ones():
+    # Short questions keep coming; tickets free at 0.1, 0.2, 0.3 s...: the long one has waited
+    # over 0.25 s by the third.
+    arrivals = [("long", 9000, 0.0)] + [(f"short-{n}", 20, 0.02 * n) for n in range(1, 9)]
+    order = _ticket_order(0.25, arrivals, [0.1] * 9)
+    assert order[:3] == ["short-1", "short-2", "long"], order
+
+
+def test_tickets_freed_together_reach_as_many_waiters_and_a_leaver_holds_none():
+    async def run():
+        pool = native.Pool(1, MODEL, [], ["sock"] * 3, [])
+        upstream = native.Upstream("key", pool, short_first_wait_s=30)
+        taken = []
+
+        async def request(name, size):
+            await upstream.take(size)
+            taken.append(name)
+
+        leaver = asyncio.ensure_future(request("leaver", 1))
+        others = [asyncio.ensure_future(request(name, size)) for name, size in (("a", 10), ("b", 20), ("c", 30))]
+        await asyncio.sleep(0.01)
+        leaver.cancel()  # the client went away while it waited
+        await asyncio.sleep(0.01)
+        pool.free.extend(["sock", "sock"])
+        upstream.give(pool, "sock")  # three tickets back at once
+        await asyncio.wait_for(asyncio.gather(*others), 5)
+        return taken, pool.free, upstream._queue
+
+    taken, free, queue = asyncio.run(run())
+    assert (taken, free, queue) == (["a", "b", "c"], [], [])

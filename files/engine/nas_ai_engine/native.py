@@ -98,15 +98,23 @@ class Pool:
         self.size = len(self.free)
 
 
+@dataclass(eq=False)
+class _Waiting:
+    size: int
+    since: float
+
+
 class Upstream:
     """ASGI app forwarding each request to the live pool's children and streaming their answer back
     as it comes. Generation requests take a ticket first; those without one wait here, which is
     where the queue wait is measured, and where they wait while a model is swapped. A client that
     goes away cancels its request, which frees the slot at once."""
 
-    def __init__(self, api_key: str, pool: Pool | None = None):
+    def __init__(self, api_key: str, pool: Pool | None = None, short_first_wait_s: float = 0):
         self.api_key, self.pool = api_key, pool
+        self.short_first_wait_s = short_first_wait_s
         self._waiters: list[asyncio.Future] = []
+        self._queue: list[_Waiting] = []  # generation requests waiting for a ticket
         self.on_outcome = None  # (pool, failed) after each generation request the engine answered
 
     def switch(self, pool: Pool | None) -> None:
@@ -118,12 +126,34 @@ class Upstream:
         pool.free.append(ticket)
         self._wake()
 
-    async def take(self) -> tuple[Pool, str]:
-        while True:
-            pool = self.pool
-            if pool is not None and pool.free:
-                return pool, pool.free.pop(0)
-            await self._changed()
+    async def take(self, size: int = 0) -> tuple[Pool, str]:
+        """A ticket of the live pool. With short_first_wait_s, the smallest request (its body's
+        bytes: the prompt, mostly) goes first, but one that has waited that long goes before any
+        that has not, the oldest first: a long prompt waits at most that long behind short ones.
+        Without it (0), first come, first served."""
+        entry = _Waiting(size, time.monotonic())
+        self._queue.append(entry)
+        try:
+            while True:
+                pool = self.pool
+                if pool is not None and pool.free and self._next() is entry:
+                    self._queue.remove(entry)
+                    if len(pool.free) > 1 and self._queue:
+                        self._wake()  # the next in line, which may have checked before this one
+                    return pool, pool.free.pop(0)
+                await self._changed()
+        except BaseException:  # cancelled (the client left): the next in line goes
+            if entry in self._queue:
+                self._queue.remove(entry)
+                self._wake()
+            raise
+
+    def _next(self) -> "_Waiting":
+        if not self.short_first_wait_s:
+            return self._queue[0]
+        now = time.monotonic()
+        return min(self._queue, key=lambda waiting: (0, waiting.since, 0)
+                   if now - waiting.since >= self.short_first_wait_s else (1, waiting.size, waiting.since))
 
     async def live(self) -> Pool:
         while self.pool is None:
@@ -185,7 +215,7 @@ class Upstream:
             arrival = time.monotonic()
             metrics.WAITING.inc()
             try:
-                pool, ticket = await self.take()
+                pool, ticket = await self.take(len(request[3]))
             finally:
                 metrics.WAITING.dec()
             metrics.QUEUE_WAIT.observe(time.monotonic() - arrival)
@@ -694,7 +724,7 @@ async def serve(config: dict, guard_factory) -> None:
     import uvicorn
 
     health = {"status": "ok", "model": None, "sha256": None, "server": config["server"]}
-    upstream = Upstream(config["api_key"])
+    upstream = Upstream(config["api_key"], short_first_wait_s=config.get("short_first_wait_s", 0))
     supervisor = Supervisor(config, upstream, health)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, supervisor.signalled)
     # From the first moment: systemd arms the watchdog while the model still loads.
