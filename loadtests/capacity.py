@@ -8,6 +8,7 @@ requests per day against the article's plan of 500 a day.
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -77,6 +78,11 @@ def main(argv=None) -> int:
         return 1
     users, figures = best
     per_day = figures["rate"] * 86400
+    # What loadtests.cost reads.
+    (out / "capacity.json").write_text(json.dumps({
+        "requests_per_day": per_day, "users": users, "tokens_per_s": figures["tokens_per_s"],
+        "completion_tokens_per_request": figures["tokens_per_s"] / figures["rate"] if figures["rate"] else 0,
+        "short_ttft_p99_ms": figures["ttft_p99_ms"]}, indent=1) + "\n")
     print(f"capacity: {figures['rate']:.2f} requests/s sustained with {users} concurrent users = "
           f"{per_day:,.0f} requests/day, {per_day / ARTICLE_REQUESTS_PER_DAY:,.0f}x the article's "
           f"{ARTICLE_REQUESTS_PER_DAY} a day")
