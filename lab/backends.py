@@ -111,11 +111,24 @@ def pid(host: dict) -> int | None:
     return state.pid_alive(_host_dir(host) / "pid")
 
 
-def power_off(host: dict, timeout: float = 30) -> None:
-    """Power the host off (SIGTERM: nspawn halts the container, qemu ends the VM) and keep its
-    disk: `start` boots it again as it was, as a NAS that lost power would."""
+def _link(host: dict) -> str:
+    """The host's end of its network link on this machine."""
+    return _tap(host) if host["backend"] == "vm" else f"vb-lab-{host['name']}"
+
+
+def power_off(host: dict, timeout: float = 30, unplug: bool = False) -> None:
+    """Power the host off and keep its disk: `start` boots it again as it was. Cleanly (SIGTERM:
+    nspawn halts the container, its services stop and close their connections), or unplugged, as
+    a power cut: its link goes down first, so nothing it sends while dying (FIN, RST) leaves, then
+    every process of it ends at once (SIGKILL of the container's init; qemu ends the VM)."""
     running = pid(host)
-    if running:
+    if running and unplug:
+        subprocess.run(["ip", "link", "set", _link(host), "down"], check=False)
+        children = subprocess.run(["pgrep", "-P", str(running)], capture_output=True, text=True,
+                                  check=False).stdout.split()
+        for victim in children if host["backend"] == "container" else [str(running)]:
+            os.kill(int(victim), signal.SIGKILL)
+    elif running:
         os.kill(running, signal.SIGTERM)
         try:
             waiting.wait_until(lambda: not pid(host), timeout, f"{host['name']} to power off", interval=0.2)

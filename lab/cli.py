@@ -83,7 +83,7 @@ def up(backend: str, nodes: int, nice: int = 0, scenario: str = "default") -> No
             host = current["hosts"].get(name)
             if host and backends.pid(host):
                 continue
-            host = {"name": name, "backend": backend, "scenario": scenario,
+            host = {"name": name, "backend": backend, "scenario": scenario, "nice": nice,
                     "address": str(config.host_address(backend, index, scenario)), "started_at": time.monotonic()}
             if current["hosts"].get(name):
                 backends.stop(host)
@@ -100,21 +100,21 @@ def up(backend: str, nodes: int, nice: int = 0, scenario: str = "default") -> No
     status()
 
 
-def power(name: str, on: bool) -> None:
-    """One host off (its disk kept) or on again: a NAS unplugged and plugged back in."""
+def power(name: str, on: bool, clean: bool = False) -> None:
+    """One host off (its disk kept), unplugged unless `clean` (a shutdown), or on again."""
     _require_root()
     with state.editing() as current:
         host = current["hosts"].get(name)
         if not host:
             sys.exit(f"lab: no host named {name!r}; `lab status` lists them")
         if not on:
-            backends.power_off(host)
-            print(f"lab: {name} powered off", file=sys.stderr)
+            backends.power_off(host, unplug=not clean)
+            print(f"lab: {name} {'shut down' if clean else 'unplugged'}", file=sys.stderr)
             return
         if backends.pid(host):
             return
         host["started_at"] = time.monotonic()
-        backends.start(host, image.ensure_image())
+        backends.start(host, image.ensure_image(), host.get("nice", 0))
     _wait_ready([host])
     with state.editing() as current:
         host.pop("started_at")
@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> None:
                                 "rest of the machine leaves idle")
     commands.add_parser("down", help="stop every lab host and remove what the lab added")
     commands.add_parser("status", help="list lab hosts, their state and memory")
-    power_parser = commands.add_parser("power", help="power one host off (its disk kept) or on again")
+    power_parser = commands.add_parser("power", help="unplug one host (its disk kept), or power it on again")
     power_parser.add_argument("state", choices=("off", "on"))
     power_parser.add_argument("name")
+    power_parser.add_argument("--clean", action="store_true", help="off: shut it down instead of unplugging it")
     ssh_parser = commands.add_parser("ssh", help="open a shell (or run a command) on a lab host")
     ssh_parser.add_argument("name")
     ssh_parser.add_argument("remote_command", nargs=argparse.REMAINDER)
@@ -203,6 +204,6 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "status":
         status()
     elif args.command == "power":
-        power(args.name, args.state == "on")
+        power(args.name, args.state == "on", args.clean)
     else:
         ssh_into(args.name, args.remote_command)

@@ -71,9 +71,10 @@ def cloud_per_month(inputs: Inputs, per_day: float) -> float:
 
 
 def break_even_per_day(inputs: Inputs, extra_only: bool = False) -> float | None:
-    """Requests a day above which the NAS costs less than the cloud; None if it never does. Each
-    box's fixed cost is the same, so if the first box's capacity does not reach the break-even,
-    no number of boxes does."""
+    """Requests a day from which one box costs less than the cloud, up to its capacity; None if it
+    never does. Past a box's capacity the next box's idle watts come on top: the chart shows where
+    the NAS is cheaper then. Each box's fixed cost is the same, so if the first box's capacity does
+    not reach the break-even, no number of boxes does."""
     marginal = (inputs.busy_watts - inputs.idle_watts) / inputs.capacity_per_day * _kwh_price_per_watt_month(inputs)
     cloud = DAYS_PER_MONTH * cloud_per_request(inputs)  # USD a month per request a day
     if cloud <= marginal:
@@ -161,7 +162,8 @@ def main(argv=None) -> int:
               f"{row['nas_extra']:>18.2f}")
     for label, extra in (("whole box", False), ("extra over a NAS that runs anyway", True)):
         point = break_even_per_day(inputs, extra)
-        print(f"break-even ({label}): " + (f"{point:,.0f} requests/day" if point is not None else
+        print(f"break-even ({label}): " + (f"{point:,.0f} requests/day (one box, up to its capacity)"
+                                           if point is not None else
                                            "never: the cloud costs less at every load") +
               f"; NAS at capacity {per_million_tokens(inputs, inputs.capacity_per_day, extra):.3f} USD per million "
               f"tokens against the cloud's {cloud_per_request(inputs) * 1e6 / (inputs.prompt_tokens + inputs.completion_tokens):.3f}")

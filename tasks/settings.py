@@ -64,6 +64,8 @@ SETTINGS: dict[str, Setting] = {
                       pattern=SYSTEM_NAME, shape="a system user name"),
     "system_swappiness": _s(10, int, "vm.swappiness: keep model pages and the KV cache in RAM (the article's value).",
                             minimum=0, maximum=200),
+    "system_tcp_keepalive_s": _s(20, int, "Seconds a TCP connection that asked for keepalive may stay silent before the kernel checks its peer (then 3 probes 5 s apart). The gateway's connections to the engines ask for it: a stream from an engine whose host lost power ends after about 35 s instead of the read timeout.",
+                                 minimum=10, maximum=7200),
     "system_install_dir": _s("/opt/nas-ai", str, "Engine virtualenvs and builds.",
                              **A_PATH),
     "system_config_dir": _s("/etc/nas-ai", str, "Engine and gateway configuration.",

@@ -206,28 +206,33 @@ def small_disk(name: str, path: str, size_mib: int):
     open) and detached when the block ends; what was written to it is gone, what `path` held is back."""
     nspawn = lab_state.pid_alive(lab_config.HOSTS_DIR / name / "pid")
     init = subprocess.run(["pgrep", "-P", str(nspawn)], capture_output=True, text=True, check=True).stdout.split()[0]
-    image = Path(tempfile.mkdtemp(prefix="lab-disk-")) / "disk.img"
-    subprocess.run(["truncate", "-s", f"{size_mib}M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    node = f"/dev/lab-{Path(device).name}"
 
-    def inside(script: str) -> None:
+    def inside(script: str, check: bool = True) -> None:
         # The pid namespace too: umount reads /proc/self, the container's /proc there.
-        subprocess.run(["nsenter", "-t", init, "-m", "-p", "--", "sh", "-euc", script], check=True, timeout=120)
+        subprocess.run(["nsenter", "-t", init, "-m", "-p", "--", "sh", "-euc", script], check=check, timeout=120)
 
+    scratch = Path(tempfile.mkdtemp(prefix="lab-disk-"))
+    device = None
     try:
-        staging = f"/run/lab-{Path(device).name}"
-        inside(f"mknod {node} b 7 {os.minor(os.stat(device).st_rdev)}; mkdir -p {staging}; "
-               f"mount {node} {staging}; chown $(stat -c %u:%g {path}) {staging}; chmod $(stat -c %a {path}) {staging}; "
-               f"cp -a {path}/. {staging}/; umount {staging}; rmdir {staging}; "
-               f"mount {node} {path}")
-        yield
+        image = scratch / "disk.img"
+        subprocess.run(["truncate", "-s", f"{size_mib}M", str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+        device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        node, staging = f"/dev/lab-{Path(device).name}", f"/run/lab-{Path(device).name}"
+        try:
+            inside(f"mknod {node} b 7 {os.minor(os.stat(device).st_rdev)}; mkdir -p {staging}; mount {node} {staging}; "
+                   f"chown $(stat -c %u:%g {path}) {staging}; chmod $(stat -c %a {path}) {staging}; "
+                   f"cp -a {path}/. {staging}/; umount {staging}; rmdir {staging}; mount {node} {path}")
+            yield
+        finally:
+            # Wherever the volume is mounted (its path, or the staging point of a copy that failed).
+            inside(f"awk -v d={node} '$1 == d {{print $2}}' /proc/self/mounts | xargs -r -n1 umount -l; "
+                   f"rm -f {node}; rmdir {staging} 2>/dev/null || true", check=False)
     finally:
-        inside(f"if grep -q '^{node} ' /proc/self/mounts; then umount -l {path}; fi; rm -f {node}")
-        subprocess.run(["losetup", "-d", device], check=False)
-        shutil.rmtree(image.parent, ignore_errors=True)
+        if device:
+            subprocess.run(["losetup", "-d", device], check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def fill(host, path: str, leave_bytes: int = 0, name: str = "lab-filler") -> str:

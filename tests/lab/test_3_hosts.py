@@ -77,8 +77,12 @@ def test_engine_unit_security_score(node):
 
 def test_sysctl_applied_and_persisted(node):
     _, host, settings = node
-    assert host.sysctl("vm.swappiness") == settings.system_swappiness
-    assert f"vm.swappiness = {settings.system_swappiness}" in host.file("/etc/sysctl.d/60-nas-ai.conf").content_string
+    persisted = host.file("/etc/sysctl.d/60-nas-ai.conf").content_string
+    for key, value in (("vm.swappiness", settings.system_swappiness),
+                       ("net.ipv4.tcp_keepalive_time", settings.system_tcp_keepalive_s),
+                       ("net.ipv4.tcp_keepalive_intvl", 5), ("net.ipv4.tcp_keepalive_probes", 3)):
+        assert host.sysctl(key) == value, key
+        assert f"{key} = {value}" in persisted, key
 
 
 def test_system_user_cannot_log_in(node):

@@ -56,7 +56,7 @@ def test_the_report_reads_the_capacity_finders_summary_and_draws_its_chart(tmp_p
                       "--busy-watts", "30", "--price-per-kwh", "0.2", "--cloud-input-per-m", "1",
                       "--cloud-output-per-m", "2", "--out", str(tmp_path / "cost.png")]) == 0
     printed = capsys.readouterr().out
-    assert "break-even (whole box): 98 requests/day" in printed
+    assert "break-even (whole box): 98 requests/day (one box, up to its capacity)" in printed
     assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cost.main(["--capacity", str(tmp_path / "missing.json")]) == 2
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+import types
 
 import pytest
 from nas_ai_engine import native, uds_http
@@ -235,20 +236,63 @@ def _ticket_order(short_first_wait_s: float, arrivals: list[tuple[str, int, floa
 
 def test_without_short_first_tickets_go_first_come_first_served():
     arrivals = [("long", 9000, 0.0), ("short", 20, 0.01), ("medium", 400, 0.02)]
-    assert _ticket_order(0, arrivals, [0.05, 0.01, 0.01]) == ["long", "short", "medium"]
+    assert _ticket_order(0, arrivals, [0.2, 0.01, 0.01]) == ["long", "short", "medium"]
 
 
 def test_short_requests_take_a_free_ticket_before_longer_ones():
     arrivals = [("long", 9000, 0.0), ("short", 20, 0.01), ("medium", 400, 0.02)]
-    assert _ticket_order(30, arrivals, [0.05, 0.01, 0.01]) == ["short", "medium", "long"]
+    assert _ticket_order(30, arrivals, [0.2, 0.01, 0.01]) == ["short", "medium", "long"]
 
 
-def test_a_long_request_waits_at_most_short_first_wait_s_behind_shorter_ones():
-    # Short questions keep coming; tickets free at 0.1, 0.2, 0.3 s...: the long one has waited
-    # over 0.25 s by the third.
-    arrivals = [("long", 9000, 0.0)] + [(f"short-{n}", 20, 0.02 * n) for n in range(1, 9)]
-    order = _ticket_order(0.25, arrivals, [0.1] * 9)
-    assert order[:3] == ["short-1", "short-2", "long"], order
+def test_a_long_request_waits_at_most_short_first_wait_s_behind_shorter_ones(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(native, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    async def run():
+        pool = native.Pool(1, MODEL, [], ["sock"], [])
+        upstream = native.Upstream("key", pool, short_first_wait_s=20)
+        order = []
+
+        async def arrive(name, size, at):
+            clock[0] = at
+            task = asyncio.ensure_future(upstream.take(size))
+            task.add_done_callback(lambda _: order.append(name))
+            await asyncio.sleep(0)
+            return task
+
+        async def free_at(at):
+            clock[0] = at
+            upstream.give(pool, "sock")
+            await asyncio.sleep(0)
+
+        tasks = [await arrive("long", 9000, 0), await arrive("short-1", 20, 1), await arrive("short-2", 20, 2)]
+        await free_at(3)  # short-1: the long one has waited 3 s of its 20
+        tasks.append(await arrive("short-3", 20, 4))
+        await free_at(5)  # short-2
+        tasks.append(await arrive("short-4", 10, 21))
+        await free_at(21)  # the long one, 21 s in: before short-3 (17 s) and the smaller short-4
+        await free_at(22)  # short-4, smaller than short-3
+        await free_at(23)
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(run()) == ["short-1", "short-2", "long", "short-4", "short-3"]
+
+
+def test_a_request_granted_as_its_client_leaves_hands_the_ticket_on():
+    async def run():
+        pool = native.Pool(1, MODEL, [], ["sock"], [])
+        upstream = native.Upstream("key", pool, short_first_wait_s=20)
+        first = asyncio.ensure_future(upstream.take(10))
+        second = asyncio.ensure_future(upstream.take(20))
+        await asyncio.sleep(0)
+        upstream.give(pool, "sock")  # granted to the first...
+        first.cancel()  # ...which leaves before it runs again
+        taken = await asyncio.wait_for(second, 5)
+        return first.cancelled(), taken, pool.free, upstream._queue
+
+    cancelled, taken, free, queue = asyncio.run(run())
+    assert cancelled and taken[1] == "sock" and free == [] and queue == []
 
 
 def test_tickets_freed_together_reach_as_many_waiters_and_a_leaver_holds_none():

@@ -100,8 +100,10 @@ class Pool:
 
 @dataclass(eq=False)
 class _Waiting:
+    """A generation request waiting for a ticket; `granted` gets (pool, ticket)."""
     size: int
     since: float
+    granted: asyncio.Future
 
 
 class Upstream:
@@ -120,10 +122,12 @@ class Upstream:
     def switch(self, pool: Pool | None) -> None:
         """New requests go to `pool` (None: they wait until a pool is switched in)."""
         self.pool = pool
+        self._dispatch()
         self._wake()
 
     def give(self, pool: Pool, ticket: str) -> None:
         pool.free.append(ticket)
+        self._dispatch()
         self._wake()
 
     async def take(self, size: int = 0) -> tuple[Pool, str]:
@@ -131,29 +135,33 @@ class Upstream:
         bytes: the prompt, mostly) goes first, but one that has waited that long goes before any
         that has not, the oldest first: a long prompt waits at most that long behind short ones.
         Without it (0), first come, first served."""
-        entry = _Waiting(size, time.monotonic())
+        entry = _Waiting(size, time.monotonic(), asyncio.get_running_loop().create_future())
         self._queue.append(entry)
+        self._dispatch()
         try:
-            while True:
-                pool = self.pool
-                if pool is not None and pool.free and self._next() is entry:
-                    self._queue.remove(entry)
-                    if len(pool.free) > 1 and self._queue:
-                        self._wake()  # the next in line, which may have checked before this one
-                    return pool, pool.free.pop(0)
-                await self._changed()
-        except BaseException:  # cancelled (the client left): the next in line goes
+            return await entry.granted
+        except BaseException:  # cancelled (the client left)
             if entry in self._queue:
                 self._queue.remove(entry)
-                self._wake()
+            elif entry.granted.done() and not entry.granted.cancelled():
+                self.give(*entry.granted.result())  # granted as it left: the next in line gets it
             raise
 
-    def _next(self) -> "_Waiting":
-        if not self.short_first_wait_s:
-            return self._queue[0]
-        now = time.monotonic()
-        return min(self._queue, key=lambda waiting: (0, waiting.since, 0)
-                   if now - waiting.since >= self.short_first_wait_s else (1, waiting.size, waiting.since))
+    def _dispatch(self) -> None:
+        """Hand the live pool's free tickets to the requests next in line. The one place that
+        decides, with one clock reading: a decision spread over the waiters could leave a ticket
+        free while each thought another was next."""
+        pool, now = self.pool, time.monotonic()
+        # A request cancelled a moment ago (its future too) leaves the queue in its own time.
+        self._queue = [waiting for waiting in self._queue if not waiting.granted.done()]
+        while pool is not None and pool.free and self._queue:
+            if self.short_first_wait_s:
+                entry = min(self._queue, key=lambda waiting: (0, waiting.since, 0)
+                            if now - waiting.since >= self.short_first_wait_s else (1, waiting.size, waiting.since))
+            else:
+                entry = self._queue[0]
+            self._queue.remove(entry)
+            entry.granted.set_result((pool, pool.free.pop(0)))
 
     async def live(self) -> Pool:
         while self.pool is None:
