@@ -11,6 +11,10 @@ LAB_RANGE = ipaddress.ip_network("10.213.0.0/16")
 LAB_NETWORK = ipaddress.ip_network("10.213.0.0/24")
 LAB_GATEWAY = ipaddress.ip_address("10.213.0.1")
 BRIDGE = "nasailab0"
+# Fixed, locally administered: a bridge whose address is not set takes its ports' lowest, which
+# changes when that host's port goes (a host unplugged), and every other host's ARP entry for
+# this machine goes stale with it.
+BRIDGE_MAC = "02:6e:61:73:61:69"
 # Marks every iptables rule the lab adds, so `down` removes exactly those.
 RULE_COMMENT = "nas-ai-lab"
 

@@ -34,6 +34,7 @@ def setup(state: dict) -> None:
         _run("ip", "link", "add", config.BRIDGE, "type", "bridge")
         _run("ip", "addr", "add", f"{config.LAB_GATEWAY}/{config.LAB_NETWORK.prefixlen}",
              "dev", config.BRIDGE)
+    _run("ip", "link", "set", config.BRIDGE, "address", config.BRIDGE_MAC)
     _run("ip", "link", "set", config.BRIDGE, "up")
     _run("ip", "route", "replace", "unreachable", str(config.LAB_RANGE))
     for table, rule in _iptables_rules():

@@ -110,7 +110,7 @@ def chart(inputs: Inputs, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     top = max(4 * ARTICLE["break_even_per_day"], 2.5 * inputs.capacity_per_day)
-    days = [top * i / 400 for i in range(401)]
+    days = [100 * (top / 100) ** (i / 400) for i in range(401)]  # 100 a day up, evenly on a log axis
     figure, axes = plt.subplots(figsize=(10, 6))
     axes.plot(days, [cloud_per_month(inputs, d) for d in days], label="cloud API (its token prices)")
     axes.plot(days, [nas_per_month(inputs, d) for d in days], label="NAS, whole box (electricity" +
@@ -121,7 +121,8 @@ def chart(inputs: Inputs, path: Path) -> Path:
                  marker="x", color="black", label="the article's claim at 2,000 a day")
     axes.set_xlabel("requests a day")
     axes.set_ylabel("USD a month")
-    axes.set_yscale("symlog", linthresh=1)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left")
     figure.tight_layout()
