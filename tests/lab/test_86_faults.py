@@ -330,7 +330,8 @@ def test_a_host_unplugged_under_load_is_routed_around_alerted_and_rejoins_by_its
     assert failed <= 4, errors
     assert all("ChunkedEncodingError" in e or "engine_unavailable" in e for e in errors), errors
     # Only the question the unplugged engine held (if any) fails: too late to try another engine.
-    assert len(failed_asked) <= 1 and all(a.sent < lost for a in failed_asked), failed_asked
+    # It may have been sent while `lab power off` ran (the link goes down within those off_s).
+    assert len(failed_asked) <= 1 and all(a.sent < lost + off_s for a in failed_asked), failed_asked
     assert set(host.run(f"systemctl is-active {units}").stdout.split()) == {"active"}
 
 
