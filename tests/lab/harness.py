@@ -114,12 +114,17 @@ def http_from(host, url: str, headers: dict | None = None) -> tuple[int, str]:
     return int(status), body
 
 
-def engine_requests_served(gateway, engine: str) -> float:
-    """An engine's count of requests answered 200 (`host:port`), read from a gateway host (a caller
-    its firewall lets in)."""
+def engine_metrics(gateway, engine: str) -> list[str]:
+    """The lines of an engine's /metrics (`host:port`), read from a gateway host (a caller its
+    firewall lets in)."""
     status, body = http_from(gateway, f"http://{engine}/metrics")
     assert status == 200, body
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+    return body.splitlines()
+
+
+def engine_requests_served(gateway, engine: str) -> float:
+    """An engine's count of requests answered 200."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in engine_metrics(gateway, engine)
                if line.startswith("nas_ai_engine_requests_total{") and 'status="200"' in line)
 
 

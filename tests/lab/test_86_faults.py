@@ -166,6 +166,34 @@ def _ask_once(url: str, key: str) -> bool:
     return answer.status_code == 200
 
 
+def _off_gateway(deployment) -> tuple[str, str, dict, str]:
+    """(gateway, victim, its data, its engine as the gateway reaches it): the fault goes to the
+    inference host that is not the gateway."""
+    gateway_name = deployment["groups"]["gateway"][0][0]
+    victim, data = next((name, data) for name, data in deployment["groups"]["inference"] if name != gateway_name)
+    return gateway_name, victim, data, f"{data['ssh_hostname']}:{resolve(victim, data).engine_port}"
+
+
+def _until_served(gateway_url: str, api_key: str, gateway, engine: str, what: str, timeout: float = 90) -> None:
+    """Ask through the gateway until `engine` has answered one more request: nginx has it in its
+    pool (it leaves an engine that failed out for fail_timeout)."""
+    served = engine_requests_served(gateway, engine)
+    wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, timeout,
+               what, interval=1)
+
+
+def _streaming(url: str, key: str, count: int, timeout: float) -> tuple[list[Stream], list[threading.Thread]]:
+    """`count` streams of SHORT_STREAM_TOKENS, once each has its first byte (or `timeout` passed)."""
+    streams = [Stream() for _ in range(count)]
+    threads = [threading.Thread(target=_stream, args=(url, key, s, SHORT_STREAM_TOKENS)) for s in streams]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    while sum(s.first_byte is not None for s in streams) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return streams, threads
+
+
 def _engine(host) -> dict:
     front = host.check_output("systemctl show -p MainPID --value nas-ai-engine")
     return {"front": front, "active": host.run("systemctl is-active -q nas-ai-engine").rc == 0,
@@ -182,26 +210,13 @@ def test_an_engine_killed_or_hung_mid_generation_comes_back_and_the_gateway_rout
     served. The streams on that host end with an error (never finished elsewhere once bytes were
     sent); the user's questions keep being answered by the other host, except those the hung
     engine held; the unit comes back with one llama-server and no orphan."""
-    victim = next(name for name, _ in deployment["groups"]["inference"]
-                  if name != deployment["groups"]["gateway"][0][0])
+    gateway_name, victim, _, engine = _off_gateway(deployment)
     host = lab_host(victim)
     before = _engine(host)
     assert before["active"] and len(before["children"]) == 1
-    # nginx takes an engine that failed out of its pool for fail_timeout (10 s): the victim of the
-    # previous case must be back in it before the streams start.
-    gateway = lab_host(deployment["groups"]["gateway"][0][0])
-    data = dict(deployment["groups"]["inference"])[victim]
-    engine = f"{data['ssh_hostname']}:{resolve(victim, data).engine_port}"
-    served = engine_requests_served(gateway, engine)
-    wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 90,
-               f"the gateway to send requests to {victim} again", interval=1)
-    streams = [Stream() for _ in range(4)]
-    threads = [threading.Thread(target=_stream, args=(gateway_url, api_key, s, SHORT_STREAM_TOKENS)) for s in streams]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 120
-    while sum(s.first_byte is not None for s in streams) < len(streams) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # The victim of the previous case must be back in nginx's pool before the streams start.
+    _until_served(gateway_url, api_key, lab_host(gateway_name), engine, f"the gateway to send requests to {victim} again")
+    streams, threads = _streaming(gateway_url, api_key, 4, 120)
     asker = Asker(gateway_url, api_key)
     asker.start()
     time.sleep(2)
@@ -259,23 +274,13 @@ def test_a_host_unplugged_under_load_is_routed_around_alerted_and_rejoins_by_its
     end with an error when the gateway's keepalive probes go unanswered, not after the 600 s read
     timeout; nothing the gateway had not sent bytes of fails; the host comes back into the pool by
     itself; TargetDown fires and resolves."""
-    gateway_name = deployment["groups"]["gateway"][0][0]
-    victim, data = next((name, data) for name, data in deployment["groups"]["inference"] if name != gateway_name)
+    gateway_name, victim, _, engine = _off_gateway(deployment)
     gateway = lab_host(gateway_name)
-    engine = f"{data['ssh_hostname']}:{resolve(victim, data).engine_port}"
-    served = engine_requests_served(gateway, engine)
-    wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 90,
-               f"the gateway to send requests to {victim} again", interval=1)
+    _until_served(gateway_url, api_key, gateway, engine, f"the gateway to send requests to {victim} again")
     # Two streams first, one on each idle engine (least_conn); with the Locust users and the asker,
     # 7 requests in flight at most: within the lab key's 8 (the streams on the lost host hold theirs
     # until the keepalive probes give up).
-    streams = [Stream() for _ in range(2)]
-    threads = [threading.Thread(target=_stream, args=(gateway_url, api_key, s, SHORT_STREAM_TOKENS)) for s in streams]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 60
-    while sum(s.first_byte is not None for s in streams) < len(streams) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    streams, threads = _streaming(gateway_url, api_key, 2, 60)
     asker = Asker(gateway_url, api_key)
     with ssh_tunnel(gateway_name, ALERTMANAGER_ADDRESS) as alertmanager:
         with locust_load(gateway_url, api_key, tmp_path / "lost", 45, stream_share=0.8):
@@ -296,9 +301,8 @@ def test_a_host_unplugged_under_load_is_routed_around_alerted_and_rejoins_by_its
         boot = lab("power", "on", victim)
         assert boot.returncode == 0, boot.stderr
         booted_s = time.monotonic() - powered_on
-        served = engine_requests_served(gateway, engine)
-        wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 120,
-                   f"{victim} to serve requests through the gateway again", interval=1)
+        _until_served(gateway_url, api_key, gateway, engine, f"{victim} to serve requests through the gateway again",
+                      timeout=120)
         rejoined_s = time.monotonic() - powered_on
         wait_until(lambda: not _alerts(alertmanager, "TargetDown", victim), 240, "TargetDown to resolve", interval=2)
         resolved_s = time.monotonic() - powered_on
@@ -348,11 +352,9 @@ def test_a_full_model_store_keeps_the_engine_serving_refuses_a_new_model_and_war
     by something else on the NAS: the engine serves on from the model it has loaded, a deploy of a
     new model is refused by preflight with what to change (every host keeps its model), and
     DiskNearlyFull's expression holds for that volume (pending: it fires after its 10 minutes)."""
-    gateway_name = deployment["groups"]["gateway"][0][0]
-    victim, data = next((name, data) for name, data in deployment["groups"]["inference"] if name != gateway_name)
+    gateway_name, victim, data, engine = _off_gateway(deployment)
     store = resolve(victim, data).model_store_dir
     gateway, host = lab_host(gateway_name), lab_host(victim)
-    engine = f"{data['ssh_hostname']}:{resolve(victim, data).engine_port}"
     names = [name for name, _ in deployment["groups"]["inference"]]
     model_json = model_rollout.config_path(resolve(victim, data))
     configs = {name: lab_host(name).check_output(f"cat {model_json}") for name in names}
@@ -365,9 +367,7 @@ def test_a_full_model_store_keeps_the_engine_serving_refuses_a_new_model_and_war
         pending = wait_until(lambda: _prometheus_alerts(prometheus, "DiskNearlyFull", node=victim, mountpoint=store),
                              120, f"DiskNearlyFull pending for {store} on {victim}", interval=2)
         pending_s = time.monotonic() - filled
-        served = engine_requests_served(gateway, engine)
-        wait_until(lambda: _ask_once(gateway_url, api_key) and engine_requests_served(gateway, engine) > served, 90,
-                   f"the engine on {victim} to answer with its disk full", interval=1)
+        _until_served(gateway_url, api_key, gateway, engine, f"the engine on {victim} to answer with its disk full")
         deploying = time.monotonic()
         refused = deploy("inventory/lab.py", *models.model_data(models.GEMMA_NAME, gemma, models.GEMMA_SHA256),
                          who="faults: a new model onto a full store")

@@ -14,7 +14,7 @@ from nas_ai_engine.sse import DataParser
 from lab.waiting import wait_until
 from loadtests import workload
 from tasks.settings import resolve
-from tests.lab.harness import http_from, lab_host
+from tests.lab.harness import engine_metrics, lab_host
 
 pytestmark = pytest.mark.lab
 QUESTIONS = ["Who will change the scanner profile?", "What will the file names start with?",
@@ -47,10 +47,8 @@ def _turn(url: str, key: str, messages: list[dict], session: str | None) -> dict
 
 
 def _prompt_tokens(gateway, engine: str) -> dict[str, float]:
-    status, body = http_from(gateway, f"http://{engine}/metrics")
-    assert status == 200, body
-    return {line.split('cached="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-            if line.startswith("nas_ai_engine_prompt_tokens_total{")}
+    return {line.split('cached="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in engine_metrics(gateway, engine) if line.startswith("nas_ai_engine_prompt_tokens_total{")}
 
 
 def _conversation(url: str, key: str, session: str | None, questions=QUESTIONS, copy: str = "") -> list[dict]:
