@@ -61,6 +61,7 @@ class Series:
     failures: int = 0
     errors: list[str] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the stack's processes
+    prompt_tokens: dict[str, float] = field(default_factory=dict)  # the engine's, over the run: cached / read
 
     def cpu_us_per_token(self, process: str) -> float:
         return 1e6 * self.cpu.get(process, 0.0) / self.tokens if self.tokens else float("nan")
@@ -162,6 +163,18 @@ def stack_cpu(host: Host, gateway: Host) -> dict[str, float]:
 
     engine = read(host)
     return dict(engine, nginx=(engine if gateway.name == host.name else read(gateway))["nginx"])
+
+
+def prompt_tokens(host: Host, config: dict) -> dict[str, float]:
+    """The engine's prompt tokens so far, read from its cache (`cached`) and read anew (`read`):
+    its counter nas_ai_engine_prompt_tokens_total, from llama-server's timings of each answer."""
+    script = ("import urllib.request\n"
+              f"print(urllib.request.urlopen('http://{config['host']}:{config['port']}/metrics', timeout=30).read().decode())")
+    totals = {"cached": 0.0, "read": 0.0}
+    for line in host.run(f"python3 -c {shlex.quote(script)}").splitlines():
+        if line.startswith("nas_ai_engine_prompt_tokens_total{"):
+            totals["cached" if 'cached="true"' in line else "read"] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def memory_bandwidth(host: Host, python: str) -> float:
@@ -300,10 +313,12 @@ def main() -> None:
             for _ in range(args.rounds):  # alternating, so drifts of the machine hit both alike
                 runs["native"].append(asyncio.run(load("native", f"http://{address}:{DIRECT_PORT}", direct_key,
                                                        config["model"]["alias"], users, requests, args.max_tokens)))
-                before = stack_cpu(host, gateway_host)
+                before, tokens_before = stack_cpu(host, gateway_host), prompt_tokens(host, config)
                 stack_run = asyncio.run(load("stack", f"http://{gateway_address}", key,
                                              config["model"]["alias"], users, requests, args.max_tokens))
                 stack_run.cpu = {name: used - before[name] for name, used in stack_cpu(host, gateway_host).items()}
+                stack_run.prompt_tokens = {kind: count - tokens_before[kind]
+                                           for kind, count in prompt_tokens(host, config).items()}
                 runs["stack"].append(stack_run)
             direct, stack = (sorted(runs[t], key=lambda r: r.tokens_per_second)[len(runs[t]) // 2]
                              for t in ("native", "stack"))
@@ -325,20 +340,24 @@ def main() -> None:
                 "front_cpu_us_per_token": round(stack.cpu_us_per_token("front")),
                 "nginx_cpu_us_per_token": round(stack.cpu_us_per_token("nginx")),
                 "failures": direct.failures + stack.failures,
+                # Each user sends its own prompt again: llama-server finds it in a slot's cache.
+                "stack_prompt_tokens_cached": int(sum(r.prompt_tokens["cached"] for r in runs["stack"])),
+                "stack_prompt_tokens_read": int(sum(r.prompt_tokens["read"] for r in runs["stack"])),
             })
     finally:
         host.run(f"systemctl stop {DIRECT_UNIT}; rm -f {DIRECT_ENVIRONMENT}", check=False)
 
     header = (f"{'users':>5} {'native tok/s':>12} {'stack tok/s':>11} {'stack/native':>12} "
               f"{'TTFT p50 native':>15} {'stack':>8} {'delta':>8} {'stack/ceiling':>13} {'failures':>8} "
-              f"{'CPU us/token: front':>19} {'nginx':>6}")
+              f"{'CPU us/token: front':>19} {'nginx':>6} {'prompt tokens cached / read':>27}")
     print(header)
     for row in rows:
         delta = row["stack_ttft_p50_ms"] - row["native_ttft_p50_ms"]
         print(f"{row['users']:>5} {row['native_tokens_per_s']:>12.1f} {row['stack_tokens_per_s']:>11.1f} "
               f"{row['stack_over_native']:>12.2f} {row['native_ttft_p50_ms']:>13.1f}ms {row['stack_ttft_p50_ms']:>6.1f}ms "
               f"{delta:>+6.1f}ms {row['stack_share_of_ceiling']:>13.0%} {row['failures']:>8} "
-              f"{row['front_cpu_us_per_token']:>19} {row['nginx_cpu_us_per_token']:>6}")
+              f"{row['front_cpu_us_per_token']:>19} {row['nginx_cpu_us_per_token']:>6} "
+              f"{row['stack_prompt_tokens_cached']:>15} / {row['stack_prompt_tokens_read']:<9}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workers = config.get("workers", 1)

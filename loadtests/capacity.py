@@ -18,17 +18,31 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 ARTICLE_REQUESTS_PER_DAY = 500
 
 
+def _percentile(row: dict | None, column: str) -> float | None:
+    return float(row[column]) if row and row[column] not in ("", "N/A") else None
+
+
 def step_figures(prefix: Path, seconds: float) -> dict:
+    """One step's figures from Locust's stats CSV: rates, the short questions' total time p95 and
+    first token p99, and each chat turn's first token (median), which shows what a conversation's
+    history costs."""
     with open(f"{prefix}_stats.csv") as handle:
         rows = list(csv.DictReader(handle))
     requests = [r for r in rows if r["Type"] == "POST"]
     count = sum(int(r["Request Count"]) for r in requests)
     failures = sum(int(r["Failure Count"]) for r in requests)
     tokens = sum(int(r["Request Count"]) * float(r["Average Content Size"]) for r in requests)
-    ttft = next((r for r in rows if r["Name"] == "time_to_first_token short_question"), None)
+    named = {r["Name"]: r for r in rows}
+    short = [r for r in requests if r["Name"].startswith("short_question ")]
+    short_p95 = max((_percentile(r, "95%") or 0 for r in short), default=None)
+    turns = {}
+    for name, row in named.items():
+        if name.startswith("time_to_first_token chat turn "):
+            turns[int(name.rsplit(" ", 1)[1])] = _percentile(row, "50%")
     return {"requests": count, "failures": failures, "rate": count / seconds,
-            "tokens_per_s": tokens / seconds,
-            "ttft_p99_ms": float(ttft["99%"]) if ttft and ttft["99%"] not in ("", "N/A") else None}
+            "tokens_per_s": tokens / seconds, "short_p95_ms": short_p95,
+            "ttft_p99_ms": _percentile(named.get("time_to_first_token short_question"), "99%"),
+            "chat_ttft_p50_ms_by_turn": dict(sorted(turns.items()))}
 
 
 def main(argv=None) -> int:
@@ -46,8 +60,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.max_seconds
-    best = None
-    print(f"{'users':>5} {'req/s':>7} {'tokens/s':>9} {'short ttft p99 ms':>17} {'failures':>8}  SLO")
+    best, steps = None, []
+    print(f"{'users':>5} {'req/s':>7} {'tokens/s':>9} {'short p95 ms':>12} {'short ttft p99 ms':>17} "
+          f"{'failures':>8}  SLO   chat first token p50 by turn, ms")
     for users in [int(u) for u in args.users.split(",")]:
         if time.monotonic() + args.step_seconds + 60 > deadline:
             print(f"stopping: a step of {users} users would pass the {args.max_seconds} s bound")
@@ -64,15 +79,20 @@ def main(argv=None) -> int:
         run = subprocess.run(command, capture_output=True, text=True, check=False)
         figures = step_figures(prefix, min(time.monotonic() - started, args.step_seconds))
         held = run.returncode == 0
-        ttft = f"{figures['ttft_p99_ms']:.0f}" if figures["ttft_p99_ms"] is not None else "-"
-        print(f"{users:>5} {figures['rate']:>7.2f} {figures['tokens_per_s']:>9.1f} {ttft:>17} "
-              f"{figures['failures']:>8}  {'met' if held else 'broken'}")
+        steps.append(dict(figures, users=users, slo_met=held))
+        ttft, short = (f"{figures[key]:.0f}" if figures[key] is not None else "-"
+                       for key in ("ttft_p99_ms", "short_p95_ms"))
+        turns = " ".join(f"{turn}:{ms:.0f}" for turn, ms in figures["chat_ttft_p50_ms_by_turn"].items()
+                         if ms is not None)
+        print(f"{users:>5} {figures['rate']:>7.2f} {figures['tokens_per_s']:>9.1f} {short:>12} {ttft:>17} "
+              f"{figures['failures']:>8}  {'met   ' if held else 'broken'} {turns}")
         if not held:
             for line in run.stderr.splitlines():
                 if line.startswith("SLO broken"):
                     print(f"      {line}")
             break
         best = (users, figures)
+    (out / "steps.json").write_text(json.dumps(steps, indent=1) + "\n")
     if best is None:
         print("capacity: not even the first step met the SLO")
         return 1
@@ -82,7 +102,8 @@ def main(argv=None) -> int:
     (out / "capacity.json").write_text(json.dumps({
         "requests_per_day": per_day, "users": users, "tokens_per_s": figures["tokens_per_s"],
         "completion_tokens_per_request": figures["tokens_per_s"] / figures["rate"] if figures["rate"] else 0,
-        "short_ttft_p99_ms": figures["ttft_p99_ms"]}, indent=1) + "\n")
+        "short_ttft_p99_ms": figures["ttft_p99_ms"], "short_p95_ms": figures["short_p95_ms"],
+        "chat_ttft_p50_ms_by_turn": figures["chat_ttft_p50_ms_by_turn"]}, indent=1) + "\n")
     print(f"capacity: {figures['rate']:.2f} requests/s sustained with {users} concurrent users = "
           f"{per_day:,.0f} requests/day, {per_day / ARTICLE_REQUESTS_PER_DAY:,.0f}x the article's "
           f"{ARTICLE_REQUESTS_PER_DAY} a day")

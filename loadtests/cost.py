@@ -93,8 +93,8 @@ def workload_prompt_tokens() -> float:
     """Prompt tokens of the workload mix per request, weighted, estimated from its characters."""
     kinds = workload.load()
     total = sum(kind.weight for kind in kinds)
-    chars = sum(kind.weight / total * sum(len(m["content"]) for c in kind.conversations for m in c)
-                / len(kind.conversations) for kind in kinds)
+    # A chat's earlier answers are counted at the kind's max_tokens: an upper bound.
+    chars = sum(kind.weight / total * kind.mean_prompt_chars(kind.max_tokens * CHARS_PER_TOKEN) for kind in kinds)
     return chars / CHARS_PER_TOKEN
 
 

@@ -7,7 +7,10 @@
 Each request row is a workload kind (`short_question stream`, `summary plain`, ...) timed to the
 end of the answer; rows of type METRIC carry `time_to_first_token <kind>` and
 inter_token_latency (ms) and tokens_per_second (the value in the time columns is tokens/s), so the web UI, --csv and
---html show their percentiles. The API key comes from --api-key or NAS_AI_API_KEY /
+--html show their percentiles. A multi-turn kind's first token is timed per turn (`time_to_first_token
+chat turn 3`): each user keeps one conversation, whose turns carry the history so far, and sends
+its id as X-Session-Id (the gateway keeps it on the engine that holds that history) unless
+--sessionless. The API key comes from --api-key or NAS_AI_API_KEY /
 OPENAI_API_KEY; the model from --model or the server's /v1/models.
 """
 
@@ -15,6 +18,7 @@ import os
 import random
 import sys
 import time
+import uuid
 
 import requests
 from locust import User, between, events, task
@@ -35,6 +39,8 @@ def _options(parser):
     group.add_argument("--think-time", type=float, default=1.0, help="mean pause of a user between requests, s")
     group.add_argument("--max-requests", type=int, default=0, help="stop the run after this many requests (0: no bound)")
     group.add_argument("--request-timeout", type=float, default=300, help="seconds before a request fails")
+    group.add_argument("--sessionless", action="store_true", default=False,
+                       help="send chats without X-Session-Id (the gateway spreads their turns by least_conn)")
     for name, default in slo.DEFAULTS.items():
         group.add_argument("--" + name.replace("_", "-"), type=float, default=default,
                            help=f"SLO threshold (default {default})")
@@ -73,6 +79,15 @@ class NasAssistantUser(User):
         self.session.headers["Authorization"] = f"Bearer {options.api_key}"
         if NasAssistantUser._model is None:
             NasAssistantUser._model = options.model or self._first_model()
+        self.conversations: dict[str, tuple[workload.Conversation, str]] = {}  # per multi-turn kind
+
+    def _conversation(self, kind: workload.Kind, script: list[dict]) -> tuple[workload.Conversation, str]:
+        """This user's conversation of `kind`, a new one (with its own session id) after the last turn."""
+        current = self.conversations.get(kind.name)
+        if current is None or current[0].done:
+            current = workload.Conversation(script), uuid.uuid4().hex
+            self.conversations[kind.name] = current
+        return current
 
     def _first_model(self) -> str:
         response = self.session.get(f"{self.host}/v1/models", timeout=30)
@@ -95,13 +110,19 @@ class NasAssistantUser(User):
         self._bounded()
         options = self.environment.parsed_options
         kind, messages = workload.pick(KINDS, self.rng)
+        conversation, headers, ttft_name = None, {}, f"time_to_first_token {kind.name}"
+        if kind.multi_turn:
+            conversation, session = self._conversation(kind, messages)
+            messages, ttft_name = conversation.messages(), f"{ttft_name} turn {conversation.turn}"
+            if not options.sessionless:
+                headers["X-Session-Id"] = session
         stream = self.rng.random() < options.stream_share
         name = f"{kind.name} {'stream' if stream else 'plain'}"
         body = {"model": NasAssistantUser._model, "messages": messages, "max_tokens": kind.max_tokens,
                 "stream": stream}
         sent = time.monotonic()
         try:
-            with self.session.post(f"{self.host}/v1/chat/completions", json=body, stream=stream,
+            with self.session.post(f"{self.host}/v1/chat/completions", json=body, stream=stream, headers=headers,
                                    timeout=options.request_timeout) as response:
                 if response.status_code != 200:
                     raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
@@ -117,9 +138,11 @@ class NasAssistantUser(User):
             self._fire("POST", name, (time.monotonic() - sent) * 1000, exception=error)
             return
         self._fire("POST", name, figures.total_s * 1000, figures.output_tokens)
+        if conversation is not None:
+            conversation.answered(figures.text)
         if figures.ttft_s is not None:
             # Per kind: a 1,000-token summary's prompt takes far longer than a short question's.
-            self._fire("METRIC", f"time_to_first_token {kind.name}", figures.ttft_s * 1000)
+            self._fire("METRIC", ttft_name, figures.ttft_s * 1000)
         if figures.tokens_per_second:
             self._fire("METRIC", "tokens_per_second", figures.tokens_per_second, figures.output_tokens)
             self._fire("METRIC", "inter_token_latency", figures.inter_token_latency_s * 1000)

@@ -34,6 +34,7 @@ def engine_config(plan: Plan) -> dict:
         },
         "workers": plan.parallel if settings.engine_server == "llama-cpp-python" else 1,
         "short_first_wait_s": settings.engine_short_first_wait_s,
+        "slot_placement": settings.engine_slot_placement,
         # llama-server's slots depend on the model's KV cache: they are in model.json.
         "native": {
             "binary": engine.paths(plan)["llama_server"],

@@ -107,3 +107,32 @@ def test_a_conversation_stays_on_the_engine_that_holds_its_prefix_until_that_eng
           + ", ".join(f"{t['ttft']:.2f} ({t['cached']} cached, {t['read']} read)" for t in sticky)
           + "; without a session (least_conn): "
           + ", ".join(f"{t['ttft']:.2f} ({t['cached']} cached, {t['read']} read)" for t in plain))
+
+
+def test_a_short_question_is_read_before_a_long_document_on_the_same_engine(deployment, gateway_url, api_key):
+    """llama-server reads waiting prompts in slot order, a batch (512 tokens) per step; the front
+    puts a long document in the highest free slot and a short question in the lowest, so the
+    question waits for the step under way, not for the whole document."""
+    import threading
+
+    document = [{"role": "user", "content": "Summarize these notes.\n\n" + _context() + "\n\n" + _context()}]
+    question = [{"role": "user", "content": "What is the capital of Australia?"}]
+    session = f"placement-{time.time_ns()}"  # one session: both on one engine
+    answered = {}
+
+    def ask(name, messages):
+        started = time.monotonic()
+        answered[name] = dict(_turn(gateway_url, api_key, messages, session), started=started)
+
+    reading = threading.Thread(target=ask, args=("document", document))
+    reading.start()
+    time.sleep(1.0)  # the document's first step is under way
+    ask("question", question)
+    reading.join(timeout=180)
+    document_first = answered["document"]["started"] + answered["document"]["ttft"]
+    question_first = answered["question"]["started"] + answered["question"]["ttft"]
+    print(f"\ndocument: {answered['document']['read']} prompt tokens read, first token after "
+          f"{answered['document']['ttft']:.2f} s; question sent 1 s later: first token after "
+          f"{answered['question']['ttft']:.2f} s, {document_first - question_first:.2f} s before the document's")
+    assert answered["document"]["read"] > 1024  # more than two steps of 512: the question has steps to pass
+    assert question_first < document_first, answered

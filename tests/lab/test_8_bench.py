@@ -13,7 +13,8 @@ from tests.lab.harness import ROOT, deployed
 pytestmark = pytest.mark.lab
 COLUMNS = {"users", "native_tokens_per_s", "stack_tokens_per_s", "stack_over_native", "native_ttft_p50_ms",
            "stack_ttft_p50_ms", "stack_share_of_ceiling", "front_cpu_us_per_token", "nginx_cpu_us_per_token",
-           "failures", "llama_bench_prompt", "llama_bench_generation", "ceiling_tokens_per_s", "cpu"}
+           "failures", "llama_bench_prompt", "llama_bench_generation", "ceiling_tokens_per_s", "cpu",
+           "stack_prompt_tokens_cached", "stack_prompt_tokens_read"}
 
 
 def test_a_short_benchmark_run_measures_every_target_and_writes_its_table(deployment, tmp_path):
@@ -32,6 +33,10 @@ def test_a_short_benchmark_run_measures_every_target_and_writes_its_table(deploy
         assert row["failures"] == "0", run.stderr[-3000:]
         for column in ("native_tokens_per_s", "stack_tokens_per_s", "ceiling_tokens_per_s", "llama_bench_generation"):
             assert float(row[column]) > 0, (column, row)
+        # The engine's prompt-token counter over the stack's run: every request reads some of its
+        # prompt (at least the turn's end), and no run reads more than its requests could send.
+        assert 0 < int(row["stack_prompt_tokens_read"]) and 0 <= int(row["stack_prompt_tokens_cached"]), row
+        assert int(row["stack_prompt_tokens_read"]) + int(row["stack_prompt_tokens_cached"]) < 1000 * int(row["requests"])
         # CPU time per token of the stack's relays (the gateway is this host): 0 when a short run
         # took under a clock tick, never more than all the host's cores over the run (a misread
         # tick rate or process would be).

@@ -1,11 +1,12 @@
 """llama-server's command line, as the engine process starts it, and the front's upstream."""
 
 import asyncio
+import json
 import time
 import types
 
 import pytest
-from nas_ai_engine import native, uds_http
+from nas_ai_engine import native, slots, uds_http
 
 CONFIG = {
     "api_key": "backend-secret-key",
@@ -59,7 +60,7 @@ class _Backend:
         self.disconnects = 0
 
     async def __call__(self, scope, receive, send):
-        await receive()
+        self.bodies = [*getattr(self, "bodies", []), (await receive()).get("body", b"")]
         path = scope["path"]
         if path == "/v1/completions":
             self.busy += 1
@@ -102,9 +103,9 @@ def _upstream(tickets: list[str]) -> native.Upstream:
     return native.Upstream("key", native.Pool(1, MODEL, [], tickets[:1], list(tickets)))
 
 
-async def _call(upstream, path: str, body: bytes = b"{}", stay: float = 5.0):
-    """One request through the front's upstream, as uvicorn would hand it over; the client stays
-    `stay` seconds, then goes away."""
+async def _call(upstream, path: str, body: bytes = b"{}", stay: float = 5.0, headers=(), parsed=None):
+    """One request through the front's upstream, as uvicorn would hand it over (after the guard,
+    with its parse of the body: `parsed`); the client stays `stay` seconds, then goes away."""
     sent, calls = [], {"n": 0}
 
     async def receive():
@@ -117,9 +118,33 @@ async def _call(upstream, path: str, body: bytes = b"{}", stay: float = 5.0):
     async def send(message):
         sent.append(message)
 
-    await upstream({"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "headers": [],
-                    "query_string": b""}, receive, send)
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "headers": list(headers),
+             "query_string": b""}
+    if parsed is not None:
+        scope["nas_ai_request"] = parsed
+    await upstream(scope, receive, send)
     return sent
+
+
+def test_the_front_sends_each_request_to_the_slot_it_chose_whatever_the_client_asked(tmp_path):
+    backend = _Backend(str(tmp_path / "engine.sock"))
+    question = {"prompt": "What is RAID 1?", "id_slot": 3}
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+
+    async def requests():
+        pool = native.Pool(1, MODEL, [], [backend.socket_path],
+                           [slots.Slot(backend.socket_path, index) for index in range(4)])
+        pool.slot_memory = slots.Slots(long_prompt_bytes=2048)
+        upstream = native.Upstream("key", pool)
+        session = [(b"x-nas-ai-session", b"alice:chat-1")]
+        for parsed, headers in ((question, ()), ({"prompt": "x" * 3000}, session), (question, ()), (chat, session)):
+            await _call(upstream, "/v1/completions", json.dumps(parsed).encode(), parsed=parsed, headers=headers)
+        return pool
+
+    pool = asyncio.run(backend.serve(requests))
+    assert [json.loads(body)["id_slot"] for body in backend.bodies] == [0, 3, 0, 3]
+    assert json.loads(backend.bodies[0])["prompt"] == "What is RAID 1?"
+    assert sorted(ticket.index for ticket in pool.free) == [0, 1, 2, 3]  # every ticket back
 
 
 def test_requests_beyond_the_tickets_wait_in_the_front_and_that_wait_is_measured(tmp_path):

@@ -347,7 +347,7 @@ class _Engine(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"engine": self.server.name}).encode()
+        body = json.dumps({"engine": self.server.name, "session": self.headers.get("X-Nas-Ai-Session")}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -383,6 +383,28 @@ def _engine_of(port: int, key: str, body: dict, headers: dict | None = None) -> 
 
 
 CHAT = {"model": "any", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+
+
+@needs_nginx
+def test_the_engine_learns_a_requests_session_from_the_gateway_alone(tmp_path):
+    """X-Nas-Ai-Session, which the engine's front keeps a conversation's slot by: the client's
+    name and its session, set by the gateway; a client's own header is replaced, or dropped."""
+    key = "sk-alice-0123456789abcdef"
+    with _engines(1) as engines, _running_gateway(
+            tmp_path, {"gateway_rate_per_minute": 60000, "gateway_rate_burst": 1000}, {"alice": key},
+            engines=[f"127.0.0.1:{e.server_address[1]}" for e in engines]) as settings:
+        def session_seen(headers):
+            request = urllib.request.Request(f"http://127.0.0.1:{settings.gateway_port}/v1/chat/completions",
+                                             data=json.dumps(CHAT).encode(), headers={
+                                                 "Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                                                 **headers})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.load(response)["session"]
+
+        assert session_seen({"X-Session-Id": "chat-1"}) == "alice:chat-1"
+        assert session_seen({"X-OpenWebUI-Chat-Id": "c7", "X-Nas-Ai-Session": "bob:chat-1"}) == "alice:c7"
+        assert session_seen({"X-Nas-Ai-Session": "bob:chat-1"}) is None
+        assert session_seen({}) is None
 
 
 @needs_nginx

@@ -11,7 +11,31 @@ def test_workload_has_the_three_kinds_of_a_nas_assistants_day():
     assert kinds["short_question"].slo and not kinds["summary"].slo
     document = kinds["summary"].conversations[0][0]["content"]
     assert 600 <= len(document.split()) <= 900  # about 1,000 tokens
-    assert all(len(c) >= 3 for c in kinds["chat"].conversations)  # history, then the new question
+    chat = kinds["chat"]
+    assert chat.multi_turn and all(sum(m["role"] == "user" for m in c) == 5 for c in chat.conversations)
+
+
+def test_a_conversation_sends_its_history_with_the_engines_answers_turn_after_turn():
+    chat = next(kind for kind in workload.load() if kind.name == "chat")
+    script = chat.conversations[0]
+    conversation = workload.Conversation(script)
+    assert conversation.turn == 1 and conversation.messages() == script[:2]  # system prompt, question 1
+    conversation.answered("First answer.")
+    second = conversation.messages()
+    assert conversation.turn == 2
+    assert second == [*script[:2], {"role": "assistant", "content": "First answer."}, script[2]]
+    # A turn that failed is asked again: nothing is recorded until it is answered.
+    assert conversation.messages() == second
+    for turn in range(2, 6):
+        conversation.answered(f"Answer {turn}.")
+    assert conversation.done and len(conversation.history) == 1 + 2 * 5
+
+
+def test_a_chat_requests_prompt_grows_with_its_turns():
+    chat = next(kind for kind in workload.load() if kind.name == "chat")
+    one_turn = sum(len(m["content"]) for m in chat.conversations[0][:2])
+    assert chat.mean_prompt_chars(0) > one_turn  # later turns repeat the earlier questions
+    assert chat.mean_prompt_chars(400) == chat.mean_prompt_chars(0) + 400 * (0 + 1 + 2 + 3 + 4) / 5
 
 
 def test_pick_follows_the_weights():

@@ -117,7 +117,8 @@ class Guard:
         observer = _ResponseObserver(endpoint, arrival, send)
         metrics.IN_FLIGHT.inc()
         try:
-            await self.app(scope, replay, observer.send)
+            # The parsed body goes along: the front reads it to choose a slot, without parsing again.
+            await self.app(dict(scope, nas_ai_request=request), replay, observer.send)
         finally:
             metrics.IN_FLIGHT.dec()
             observer.finish()

@@ -21,11 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nas_ai_engine import metrics, readiness, uds_http
+from nas_ai_engine import metrics, readiness, slots, uds_http
 from nas_ai_engine.guard import GUARDED_PATHS
 
 # Hop-by-hop headers and those the ASGI server sets itself.
 _NOT_FORWARDED = uds_http.HOP_BY_HOP | {b"host", b"date", b"server"}
+# The gateway's name for a request's conversation (its client and session), set by the gateway alone.
+SESSION_HEADER = b"x-nas-ai-session"
 
 # Longer than nginx's keepalive_timeout to its upstreams (60 s): the gateway, not the engine,
 # closes idle connections, so nginx never sends a request on a connection being closed.
@@ -93,6 +95,7 @@ class Pool:
     size: int = 0
     speed: float | None = None  # decode tokens/s its probe measured
     outcomes: collections.deque = field(default_factory=collections.deque)  # failed or not, newest last
+    slot_memory: slots.Slots | None = None  # llama-server's: what each slot holds, for the front's choice
 
     def __post_init__(self):
         self.size = len(self.free)
@@ -104,6 +107,7 @@ class _Waiting:
     size: int
     since: float
     granted: asyncio.Future
+    placement: slots.Placement | None = None
 
 
 class Upstream:
@@ -130,12 +134,12 @@ class Upstream:
         self._dispatch()
         self._wake()
 
-    async def take(self, size: int = 0) -> tuple[Pool, str]:
+    async def take(self, size: int = 0, placement: slots.Placement | None = None) -> tuple[Pool, str | slots.Slot]:
         """A ticket of the live pool. With short_first_wait_s, the smallest request (its body's
         bytes: the prompt, mostly) goes first, but one that has waited that long goes before any
         that has not, the oldest first: a long prompt waits at most that long behind short ones.
         Without it (0), first come, first served."""
-        entry = _Waiting(size, time.monotonic(), asyncio.get_running_loop().create_future())
+        entry = _Waiting(size, time.monotonic(), asyncio.get_running_loop().create_future(), placement)
         self._queue.append(entry)
         self._dispatch()
         try:
@@ -161,7 +165,12 @@ class Upstream:
             else:
                 entry = self._queue[0]
             self._queue.remove(entry)
-            entry.granted.set_result((pool, pool.free.pop(0)))
+            if pool.slot_memory is not None and entry.placement is not None:
+                ticket = pool.slot_memory.choose(pool.free, entry.placement)
+                pool.free.remove(ticket)
+            else:
+                ticket = pool.free.pop(0)
+            entry.granted.set_result((pool, ticket))
 
     async def live(self) -> Pool:
         while self.pool is None:
@@ -201,7 +210,9 @@ class Upstream:
             target += "?" + scope["query_string"].decode("latin-1")
         request = (scope["method"], target, scope["headers"], b"".join(body))
         generation = scope["path"] in GUARDED_PATHS
-        forward = asyncio.ensure_future(self._forward(request, send, generation))
+        # The guard's parse of the body: the front places it in a slot of llama-server's.
+        parsed = scope.get("nas_ai_request") if generation else None
+        forward = asyncio.ensure_future(self._forward(request, send, generation, parsed))
         watch = asyncio.ensure_future(self._disconnected(receive))
         try:
             await asyncio.wait({forward, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -218,22 +229,32 @@ class Upstream:
         while (await receive())["type"] != "http.disconnect":
             pass
 
-    async def _forward(self, request, send, generation: bool) -> None:
+    async def _forward(self, request, send, generation: bool, parsed: dict | None = None) -> None:
         if generation:
             arrival = time.monotonic()
             metrics.WAITING.inc()
+            placement = None
+            if parsed is not None:
+                session = dict(request[2]).get(SESSION_HEADER, b"").decode("latin-1")
+                placement = slots.placement_of(parsed, len(request[3]), session)
             try:
-                pool, ticket = await self.take(len(request[3]))
+                pool, ticket = await self.take(len(request[3]), placement)
             finally:
                 metrics.WAITING.dec()
             metrics.QUEUE_WAIT.observe(time.monotonic() - arrival)
         else:
             pool = await self.live()
             ticket = pool.sockets[0]
+        socket_path = ticket
+        if isinstance(ticket, slots.Slot):
+            socket_path = ticket.socket
+            if parsed is not None:  # the slot the front chose, whatever the client asked for
+                method, target, headers, _ = request
+                request = (method, target, headers, json.dumps(dict(parsed, id_slot=ticket.index)).encode())
         failed: bool | None = True
         try:
             try:
-                answer = await uds_http.exchange(ticket, *request)
+                answer = await uds_http.exchange(socket_path, *request)
             except uds_http.UNREACHABLE as error:
                 # Nothing sent yet: a 503 the gateway passes to another engine (a child that just
                 # died or hung, before the front restarts).
@@ -355,7 +376,12 @@ async def start_pool(config: dict, model: dict, generation: int) -> Pool:
         socket_path = str(run / f"llama-server-{generation}.sock")
         configured = with_model(config, model, socket_path)
         children = [await _spawn(*command(configured), env=dict(os.environ, LLAMA_API_KEY=key))]
-        sockets, tickets, ready_path = [socket_path], [socket_path] * configured["native"]["parallel"], "/health"
+        parallel = configured["native"]["parallel"]
+        if config.get("slot_placement"):
+            tickets = [slots.Slot(socket_path, index) for index in range(parallel)]
+        else:
+            tickets = [socket_path] * parallel
+        sockets, ready_path = [socket_path], "/health"
     else:  # llama-cpp-python serves one request at a time per process: one ticket per worker
         sockets = [str(run / f"worker-{generation}-{index}.sock") for index in range(config["workers"])]
         children = [await _spawn(sys.executable, "-m", "nas_ai_engine", "worker", "--config", config["config_path"],
@@ -363,6 +389,9 @@ async def start_pool(config: dict, model: dict, generation: int) -> Pool:
                                  "--socket", socket_path) for index, socket_path in enumerate(sockets)]
         tickets, ready_path = list(sockets), "/v1/models"
     pool = Pool(generation, model, children, sockets, tickets)
+    if config["server"] == "llama-server" and config.get("slot_placement"):
+        # A prompt longer than one batch is read over several steps: one that holds the others up.
+        pool.slot_memory = slots.Slots(slots.CHARS_PER_TOKEN * configured["model"]["n_batch"])
     try:
         deadline = time.monotonic() + config.get("ready_timeout_s", 300)
         for child, socket_path in zip(children, sockets):

@@ -1,0 +1,88 @@
+"""Which llama-server slot a generation request takes (its `id_slot`), chosen by the front.
+
+llama-server fills each step's batch from its slots in slot order: a prompt in a lower slot is
+read before any prompt in a higher one, up to the batch size. A 1,000-token document read in
+slot 0 makes a short question in slot 5 wait for all of it (lab: first token 2.70 s), in slot 0
+behind a document in slot 5 it waits one step (0.56 s). So the front places:
+
+1. a conversation in the slot that holds its history, so only the new turn is read: the slot its
+   session (the gateway's X-Nas-Ai-Session) last used, or the slot whose last request's messages
+   this one repeats (a chat app sends the whole history each turn);
+2. otherwise a short prompt in the lowest free slot and a long one (more than one batch) in the
+   highest, choosing among slots that hold no conversation first, so a question does not evict a
+   chat's history while another slot holds nothing worth keeping.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+CHARS_PER_TOKEN = 4  # English text, roughly: bytes of a body per prompt token
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A ticket of a llama-server pool: its socket and one of its slots."""
+    socket: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What the choice needs to know of a request."""
+    size: int                       # body bytes
+    session: str | None = None
+    digest: bytes | None = None     # of its messages
+    continues: bytes | None = None  # digest of the messages of the turn it follows
+    conversation: bool = False      # more than one message: a later turn may come back to it
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a slot holds after a request."""
+    session: str | None
+    digest: bytes | None
+    conversation: bool
+    used: int  # when it was last given, in placements
+
+
+def _digest(messages: list) -> bytes:
+    return hashlib.blake2b(json.dumps(messages, sort_keys=True, separators=(",", ":")).encode(),
+                           digest_size=16).digest()
+
+
+def placement_of(request: dict, size: int, session: str | None) -> Placement:
+    """A chat's next turn repeats the last one's messages and adds the answer and a question."""
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return Placement(size, session or None)
+    return Placement(size, session or None, _digest(messages),
+                     _digest(messages[:-2]) if len(messages) >= 3 else None,
+                     conversation=bool(session) or len(messages) > 1)
+
+
+class Slots:
+    """Memory of what each slot of one pool holds, and the choice of a free one."""
+
+    def __init__(self, long_prompt_bytes: int):
+        self.long_prompt_bytes = long_prompt_bytes
+        self.held: dict[int, Held] = {}
+        self._placements = 0
+
+    def choose(self, free: list[Slot], placement: Placement) -> Slot:
+        if placement.session or placement.continues:
+            for slot in free:
+                held = self.held.get(slot.index)
+                if held and ((placement.session and held.session == placement.session)
+                             or (placement.continues and held.digest == placement.continues)):
+                    return self._give(slot, placement)
+        spare = [slot for slot in free if not (held := self.held.get(slot.index)) or not held.conversation]
+        if not spare:  # every free slot holds a conversation: the one unused the longest
+            return self._give(min(free, key=lambda slot: self.held[slot.index].used), placement)
+        pick = max if placement.size > self.long_prompt_bytes else min
+        return self._give(pick(spare, key=lambda slot: slot.index), placement)
+
+    def _give(self, slot: Slot, placement: Placement) -> Slot:
+        self._placements += 1
+        self.held[slot.index] = Held(placement.session, placement.digest, placement.conversation, self._placements)
+        return slot
