@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from loadtests import slo, workload
+
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 ARTICLE_REQUESTS_PER_DAY = 500
 
@@ -55,7 +57,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max-requests-per-step", type=int, default=2000)
     parser.add_argument("--think-time", type=float, default=1.0)
     parser.add_argument("--out", default="reports/capacity")
-    args, locust_extra = parser.parse_known_args(argv)  # e.g. --slo-short-question-ms 2000
+    for name, default in slo.DEFAULTS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=default, help=f"SLO threshold (default {default})")
+    args, locust_extra = parser.parse_known_args(argv)  # e.g. --sessionless
+    thresholds = slo.Thresholds(args.slo_short_question_ms, args.slo_short_question_percentile,
+                                args.slo_ttft_p99_ms, args.slo_max_failure_ratio)
+    locust_extra += [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in slo.DEFAULTS]
+    slo_kinds = [kind.name for kind in workload.load() if kind.slo]
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +86,11 @@ def main(argv=None) -> int:
         started = time.monotonic()
         run = subprocess.run(command, capture_output=True, text=True, check=False)
         figures = step_figures(prefix, min(time.monotonic() - started, args.step_seconds))
-        held = run.returncode == 0
+        # Judged again on the CSV, which holds every request the step finished: Locust's own gate
+        # runs as the step ends and can miss a slow request that finished during its stop.
+        with open(f"{prefix}_stats.csv") as handle:
+            problems = slo.broken_in_csv(list(csv.DictReader(handle)), thresholds, slo_kinds)
+        held = run.returncode == 0 and not problems
         steps.append(dict(figures, users=users, slo_met=held))
         ttft, short = (f"{figures[key]:.0f}" if figures[key] is not None else "-"
                        for key in ("ttft_p99_ms", "short_p95_ms"))
@@ -87,9 +99,12 @@ def main(argv=None) -> int:
         print(f"{users:>5} {figures['rate']:>7.2f} {figures['tokens_per_s']:>9.1f} {short:>12} {ttft:>17} "
               f"{figures['failures']:>8}  {'met   ' if held else 'broken'} {turns}")
         if not held:
-            for line in run.stderr.splitlines():
-                if line.startswith("SLO broken"):
-                    print(f"      {line}")
+            reasons = [line.removeprefix("SLO broken: ") for line in run.stderr.splitlines()
+                       if line.startswith("SLO broken")]
+            for reason in dict.fromkeys(reasons + problems):
+                print(f"      SLO broken: {reason}")
+            if run.returncode not in (0, 1):
+                print(f"      locust exited {run.returncode}: {run.stderr[-1000:]}")
             break
         best = (users, figures)
     (out / "steps.json").write_text(json.dumps(steps, indent=1) + "\n")

@@ -47,3 +47,31 @@ def broken(stats, thresholds: Thresholds, slo_kinds: list[str]) -> list[str]:
                 messages.append(f"time_to_first_token {kind}: p99 {value:.0f} ms > "
                                 f"{thresholds.ttft_p99_ms:.0f} ms")
     return messages
+
+
+def broken_in_csv(rows: list[dict], thresholds: Thresholds, slo_kinds: list[str]) -> list[str]:
+    """The same judgement from Locust's --csv stats rows, which hold every request the run
+    finished (a request still in flight when the gate ran is in them too)."""
+    requests = [row for row in rows if row["Type"] not in ("METRIC", "") and row["Name"] != "Aggregated"]
+    total = sum(int(row["Request Count"]) for row in requests)
+    failures = sum(int(row["Failure Count"]) for row in requests)
+    if total == 0:
+        return ["no request completed: nothing to judge"]
+    messages = []
+    if failures / total > thresholds.max_failure_ratio:
+        messages.append(f"failure ratio {failures / total:.2%} > {thresholds.max_failure_ratio:.2%} "
+                        f"({failures} of {total} requests)")
+    column = f"{thresholds.short_question_percentile:g}%"
+    for row in requests:
+        if row["Name"].split(" ")[0] in slo_kinds and int(row["Request Count"]):
+            value = float(row[column])
+            if value > thresholds.short_question_ms:
+                messages.append(f"{row['Name']}: p{thresholds.short_question_percentile:g} total time "
+                                f"{value:.0f} ms > {thresholds.short_question_ms:.0f} ms")
+    for row in rows:
+        if row["Type"] == "METRIC" and row["Name"] in {f"time_to_first_token {kind}" for kind in slo_kinds} \
+                and int(row["Request Count"]):
+            value = float(row["99%"])
+            if value > thresholds.ttft_p99_ms:
+                messages.append(f"{row['Name']}: p99 {value:.0f} ms > {thresholds.ttft_p99_ms:.0f} ms")
+    return messages

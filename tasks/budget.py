@@ -49,43 +49,46 @@ class Budget:
     kv_cache_bytes: int
     overhead_bytes: int
     limit_bytes: int
+    prompt_cache_bytes: int = 0  # llama-server's host-RAM cache of prompts moved out of slots
 
     @property
     def needed_bytes(self) -> int:
-        return self.model_bytes + self.kv_cache_bytes + self.overhead_bytes
+        return self.model_bytes + self.kv_cache_bytes + self.overhead_bytes + self.prompt_cache_bytes
 
     def describe(self) -> str:
-        return (f"model {self.model_bytes / MIB:.0f} MiB + KV cache {self.kv_cache_bytes / MIB:.0f} MiB"
+        cache = f" + prompt cache {self.prompt_cache_bytes / MIB:.0f} MiB" if self.prompt_cache_bytes else ""
+        return (f"model {self.model_bytes / MIB:.0f} MiB + KV cache {self.kv_cache_bytes / MIB:.0f} MiB{cache}"
                 f" + runtime {self.overhead_bytes / MIB:.0f} MiB = {self.needed_bytes / MIB:.0f} MiB"
                 f" against MemoryHigh {self.limit_bytes / MIB:.0f} MiB")
 
 
 def slots(model_size: int, metadata: dict, context: int, limit: int, wanted: int | None,
-          most: int) -> tuple[int, Budget]:
+          most: int, prompt_cache_bytes: int = 0) -> tuple[int, Budget]:
     """(parallel slots, budget): `wanted` if given and it fits, else the most (up to `most`)
-    whose KV caches of `context` tokens each fit beside the weights."""
+    whose KV caches of `context` tokens each fit beside the weights (and the prompt cache)."""
     if wanted is not None:
         if wanted < 1:
             raise DeployError(f"engine_parallel {wanted} must be 1 or more")
-        return wanted, check_fits(model_size, metadata, context, wanted, limit)
-    chosen = 1, check_fits(model_size, metadata, context, 1, limit)
+        return wanted, check_fits(model_size, metadata, context, wanted, limit, prompt_cache_bytes=prompt_cache_bytes)
+    chosen = 1, check_fits(model_size, metadata, context, 1, limit, prompt_cache_bytes=prompt_cache_bytes)
     for count in range(2, most + 1):
         try:
-            chosen = count, check_fits(model_size, metadata, context, count, limit)
+            chosen = count, check_fits(model_size, metadata, context, count, limit,
+                                       prompt_cache_bytes=prompt_cache_bytes)
         except DeployError:
             break
     return chosen
 
 
 def check_fits(model_size: int, metadata: dict, context: int, sequences: int, limit: int,
-               processes: int = 1) -> Budget:
+               processes: int = 1, prompt_cache_bytes: int = 0) -> Budget:
     """Refuse a model whose weights (shared through mmap), KV cache and runtime (one per
     process) would not stay under MemoryHigh."""
     try:
         kv = gguf.kv_cache_bytes(metadata, context, sequences)
     except gguf.GgufError as error:
         raise DeployError(f"cannot size the KV cache: {error}") from None
-    budget = Budget(model_size, kv, ENGINE_OVERHEAD_BYTES * processes, limit)
+    budget = Budget(model_size, kv, ENGINE_OVERHEAD_BYTES * processes, limit, prompt_cache_bytes)
     if budget.needed_bytes > limit:
         raise DeployError(f"the model does not fit: {budget.describe()}. Choose a smaller model or "
                           "quantization, lower engine_context_size, or raise service_memory_high/max")

@@ -62,7 +62,8 @@ def check() -> Plan:
     model = model_source.resolve(settings.model_name, settings.model_source, settings.model_sha256)
     if settings.engine_server == "llama-server":
         parallel, fits = budget.slots(model.size, model.metadata, settings.engine_context_size,
-                                      limits.memory_high, settings.engine_parallel, MAX_PARALLEL)
+                                      limits.memory_high, settings.engine_parallel, MAX_PARALLEL,
+                                      prompt_cache_bytes=settings.engine_prompt_cache_mib * budget.MIB)
     else:  # one request at a time per worker process
         parallel = settings.engine_workers
         if not 1 <= parallel <= limits.threads:

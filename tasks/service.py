@@ -39,6 +39,7 @@ def engine_config(plan: Plan) -> dict:
         "native": {
             "binary": engine.paths(plan)["llama_server"],
             "socket": f"/run/{RUNTIME_DIR}/llama-server.sock",
+            "prompt_cache_mib": settings.engine_prompt_cache_mib,
         },
         # The model itself is in model.json, read again on reload (model_rollout.py).
         "model_config": model_rollout.config_path(settings),

@@ -101,6 +101,8 @@ SETTINGS: dict[str, Setting] = {
     "engine_short_first_wait_s": _s(20, int, "When every slot is busy, the request with the shortest body (its prompt) takes the next free slot, unless one has waited this many seconds (those go first, oldest first): short questions pass long prompts, which wait at most this long for them. 0: first come, first served.",
                                     minimum=0, maximum=600),
     "engine_slot_placement": _s(True, bool, "llama-server only: the front chooses each request's slot: a conversation the slot that holds its history (its session, or the messages it repeats), a short prompt the lowest free slot and a long one the highest, since llama-server reads prompts in slot order (a short question then waits one batch for a long document, not all of it). false: llama-server chooses (the slot with the most alike cached prompt)."),
+    "engine_prompt_cache_mib": _s(256, int, "llama-server only: host RAM for prompts moved out of a slot (a conversation whose slot another request took), restored when the conversation comes back, and for the closest prefix of a new one (a shared system prompt); counted in the memory budget. 0: none.",
+                                  minimum=0, maximum=1 << 20),
     "engine_workers": _s(1, int, "llama-cpp-python only: processes per host, each serving one request at a time with engine_threads / workers threads (the model's pages are shared).",
                          minimum=1, maximum=64),
     "engine_port": _s(8080, int, "Port of the engine on each inference host.", minimum=PORT[0], maximum=PORT[1]),

@@ -79,3 +79,17 @@ def test_a_slot_count_asked_for_must_fit():
         _slot_budget(1500, 8)
     with pytest.raises(DeployError, match="engine_parallel 0 must be 1 or more"):
         _slot_budget(1 << 16, 0)
+
+
+def test_the_prompt_cache_takes_its_room_from_the_slots_and_is_named_in_a_refusal():
+    from tasks.budget import slots
+    metadata = {"general.architecture": "llama", "llama.block_count": 16, "llama.embedding_length": 2048,
+                "llama.attention.head_count": 16, "llama.attention.head_count_kv": 16}
+    per_slot = _slot_budget(4096, 1)[1].kv_cache_bytes >> 20  # 64 MiB
+    room = 1024 + 384 + 3 * per_slot + 1
+    assert slots(1 << 30, metadata, 512, room << 20, None, 8)[0] == 3
+    count, fits = slots(1 << 30, metadata, 512, room << 20, None, 8, prompt_cache_bytes=2 * per_slot << 20)
+    assert count == 1 and fits.prompt_cache_bytes == 2 * per_slot << 20
+    assert fits.needed_bytes == (1024 + 384 + per_slot + 2 * per_slot) << 20
+    with pytest.raises(DeployError, match=r"prompt cache 4096 MiB .* against MemoryHigh"):
+        slots(1 << 30, metadata, 512, room << 20, None, 8, prompt_cache_bytes=4 << 30)

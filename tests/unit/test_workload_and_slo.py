@@ -80,3 +80,25 @@ def test_slow_first_tokens_and_failures_break_the_slo():
 
 def test_an_empty_run_is_no_pass():
     assert slo.broken(RequestStats(), THRESHOLDS, ["short_question"]) == ["no request completed: nothing to judge"]
+
+
+def _row(kind: str, name: str, count: int, p95: float, p99: float, failures: int = 0) -> dict:
+    return {"Type": kind, "Name": name, "Request Count": str(count), "Failure Count": str(failures),
+            "95%": str(p95), "99%": str(p99)}
+
+
+def test_the_csv_judgement_breaks_on_each_threshold_as_the_live_gate_does():
+    rows = [_row("POST", "short_question stream", 100, 1900, 4800), _row("POST", "summary stream", 30, 9000, 11000),
+            _row("METRIC", "time_to_first_token short_question", 100, 790, 1900),
+            _row("METRIC", "time_to_first_token summary", 30, 8000, 9000),
+            _row("", "Aggregated", 130, 5000, 9000)]
+    assert slo.broken_in_csv(rows, THRESHOLDS, ["short_question"]) == []
+    rows[2] = _row("METRIC", "time_to_first_token short_question", 100, 790, 3000)  # the lab's 6-user step
+    assert slo.broken_in_csv(rows, THRESHOLDS, ["short_question"]) == [
+        "time_to_first_token short_question: p99 3000 ms > 2000 ms"]
+    rows[0] = _row("POST", "short_question stream", 100, 3100, 4800, failures=2)
+    assert slo.broken_in_csv(rows, THRESHOLDS, ["short_question"]) == [
+        "failure ratio 1.54% > 1.00% (2 of 130 requests)",
+        "short_question stream: p95 total time 3100 ms > 3000 ms",
+        "time_to_first_token short_question: p99 3000 ms > 2000 ms"]
+    assert slo.broken_in_csv([], THRESHOLDS, ["short_question"]) == ["no request completed: nothing to judge"]

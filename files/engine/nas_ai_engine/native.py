@@ -59,9 +59,9 @@ def command(config: dict) -> list[str]:
         "--parallel", str(native["parallel"]), "--ctx-size", str(model["n_ctx"] * native["parallel"]),
         "--no-kv-unified", "--threads", threads, "--threads-batch", threads,
         "--batch-size", str(model["n_batch"]), "--metrics", "--no-webui",
-        # /slots would show other users' prompts; the host-RAM prompt cache (8 GiB by default)
-        # is outside the memory budget.
-        "--no-slots", "--cache-ram", "0",
+        # /slots would show other users' prompts. The host-RAM prompt cache (8 GiB by default) is
+        # the size the memory budget counted.
+        "--no-slots", "--cache-ram", str(native.get("prompt_cache_mib", 0)),
         # Weights stay mmap'd page cache, counted against the slice's MemoryMax (no mlock).
     ]
 
