@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--users", default="2,4,6,8")
     parser.add_argument("--step-seconds", type=int, default=90)
     parser.add_argument("--out", default="reports/mix")
+    parser.add_argument("--data", action="append", default=[],
+                        help="key=value for both variants' deploys, e.g. gateway_concurrent_per_key=16 for more users")
     args = parser.parse_args(argv)
 
     from tasks import secrets
@@ -63,18 +65,20 @@ def main(argv=None) -> int:
         for name, (data, locust_extra) in VARIANTS.items():
             print(f"== {name}: deploy {' '.join(data) or 'as it ships'}; Locust {' '.join(locust_extra) or 'with sessions'}",
                   flush=True)
-            deploy(args.inventory, data)
+            deploy(args.inventory, [*args.data, *data])
             capacity.main(["--host", url, "--api-key", key, "--users", args.users, "--step-seconds",
                            str(args.step_seconds), "--max-seconds", str(len(args.users.split(",")) * (args.step_seconds + 90)),
                            "--out", str(out / name), *locust_extra])
             steps = json.loads((out / name / "steps.json").read_text())
             held = [step for step in steps if step["slo_met"]]
-            results[name] = {"settings": data, "locust": locust_extra, "steps": steps,
+            results[name] = {"settings": [*args.data, *data], "locust": locust_extra, "steps": steps,
                              "requests_per_day": held[-1]["rate"] * 86400 if held else 0.0,
                              "users": held[-1]["users"] if held else 0}
     finally:
-        if results.get("stack") is None or VARIANTS["stack"][0]:
-            deploy(args.inventory, VARIANTS["stack"][0])  # the fleet as it ships, whatever happened
+        try:
+            deploy(args.inventory, [])  # the fleet as it ships, whatever happened
+        except SystemExit as failed:
+            print(failed, file=sys.stderr)  # after what failed first, if anything did
 
     print(f"\n{'variant':<9} {'requests/day at the SLO':>23} {'users':>5}   chat first token p50 by turn at each one's "
           "highest sustained step, ms")

@@ -62,6 +62,10 @@ def broken_in_csv(rows: list[dict], thresholds: Thresholds, slo_kinds: list[str]
         messages.append(f"failure ratio {failures / total:.2%} > {thresholds.max_failure_ratio:.2%} "
                         f"({failures} of {total} requests)")
     column = f"{thresholds.short_question_percentile:g}%"
+    if rows and column not in rows[0]:
+        columns = ", ".join(name[:-1] for name in rows[0] if name.endswith("%"))
+        raise ValueError(f"--slo-short-question-percentile {thresholds.short_question_percentile:g} is no column of "
+                         f"Locust's CSV; choose one of {columns}")
     for row in requests:
         if row["Name"].split(" ")[0] in slo_kinds and int(row["Request Count"]):
             value = float(row[column])

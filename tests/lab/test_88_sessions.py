@@ -122,13 +122,18 @@ def test_a_short_question_is_read_before_a_long_document_on_the_same_engine(depl
 
     def ask(name, messages):
         started = time.monotonic()
-        answered[name] = dict(_turn(gateway_url, api_key, messages, session), started=started)
+        try:
+            answered[name] = dict(_turn(gateway_url, api_key, messages, session), started=started)
+        except Exception as error:  # noqa: BLE001 - the main thread reports it
+            answered[name] = {"error": error}
 
     reading = threading.Thread(target=ask, args=("document", document))
     reading.start()
-    time.sleep(1.0)  # the document's first step is under way
+    time.sleep(1.0)  # the document's first step is under way (reading it takes several seconds here)
     ask("question", question)
     reading.join(timeout=180)
+    assert not reading.is_alive(), "the document got no answer within 180 s"
+    assert not any("error" in answer for answer in answered.values()), answered
     document_first = answered["document"]["started"] + answered["document"]["ttft"]
     question_first = answered["question"]["started"] + answered["question"]["ttft"]
     print(f"\ndocument: {answered['document']['read']} prompt tokens read, first token after "

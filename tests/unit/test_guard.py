@@ -235,6 +235,12 @@ def test_an_absent_max_tokens_is_filled_in_when_the_operator_set_one():
     assert app.bodies[1] == b'{"prompt": "x", "max_tokens": 8}'  # a request within bounds is passed as sent
 
 
+def test_a_clients_own_choice_of_slot_is_dropped():
+    app = RecordingApp()
+    assert _request(_guard(app), "POST", "/v1/completions", b'{"prompt": "x", "id_slot": 3}')[0] == 200
+    assert json.loads(app.bodies[0]) == {"prompt": "x"}
+
+
 @pytest.mark.parametrize("fields", [
     {"response_format": {"type": "json_object", "schema": {"type": "array", "minItems": 100_000_000}}},
     {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],

@@ -63,3 +63,15 @@ def test_requests_without_messages_are_placed_by_size_alone():
     assert placement.digest is None and not placement.conversation
     assert memory.choose(FREE, placement).index == 0
     assert memory.choose(FREE, slots.placement_of({"prompt": "x" * 4000}, 4100, None)).index == 3
+
+
+def test_a_conversation_that_does_not_come_back_frees_its_slot_for_the_order_by_length():
+    memory = slots.Slots(LONG, count=4)
+    for index, session in enumerate(["a", "b", "c", "d"]):  # every slot holds a conversation
+        memory.choose(FREE[index:], slots.placement_of({"messages": _turns(1)[0]}, 300, session))
+    # "d" keeps talking; a, b and c do not come back. 2 x 4 placements later a slot is stale.
+    for _ in range(6):
+        memory.choose(FREE[3:], slots.placement_of({"messages": _turns(2)[1]}, 300, "d"))
+    assert memory.choose(FREE, slots.placement_of({"messages": QUESTION}, 300, None)).index == 0  # a's, 9 ago
+    # c's turn was 8 placements ago now: the long document takes the highest stale slot, not d's.
+    assert memory.choose(FREE, slots.placement_of({"messages": QUESTION}, 5000, None)).index == 2

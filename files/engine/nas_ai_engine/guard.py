@@ -100,7 +100,11 @@ class Guard:
         if refusal:
             metrics.REQUESTS.labels(endpoint, "400").inc()
             return await _send_json(send, 400, refusal)
-        if bounds.filled_in(request, self.limits):
+        # The slot is the front's to choose: a client that picks one could hold a slot's
+        # conversation up or probe what its cache holds.
+        chose_slot = "id_slot" in request
+        request.pop("id_slot", None)
+        if bounds.filled_in(request, self.limits) or chose_slot:
             body = json.dumps(request).encode()
 
         replayed = False

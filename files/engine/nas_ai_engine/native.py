@@ -391,7 +391,7 @@ async def start_pool(config: dict, model: dict, generation: int) -> Pool:
     pool = Pool(generation, model, children, sockets, tickets)
     if config["server"] == "llama-server" and config.get("slot_placement"):
         # A prompt longer than one batch is read over several steps: one that holds the others up.
-        pool.slot_memory = slots.Slots(slots.CHARS_PER_TOKEN * configured["model"]["n_batch"])
+        pool.slot_memory = slots.Slots(slots.CHARS_PER_TOKEN * configured["model"]["n_batch"], parallel)
     try:
         deadline = time.monotonic() + config.get("ready_timeout_s", 300)
         for child, socket_path in zip(children, sockets):

@@ -10,7 +10,10 @@ behind a document in slot 5 it waits one step (0.56 s). So the front places:
    this one repeats (a chat app sends the whole history each turn);
 2. otherwise a short prompt in the lowest free slot and a long one (more than one batch) in the
    highest, choosing among slots that hold no conversation first, so a question does not evict a
-   chat's history while another slot holds nothing worth keeping.
+   chat's history while another slot holds nothing worth keeping. A conversation that has not come
+   back for two placements per slot counts as none (with a session on every request, as Open
+   WebUI's user header gives, every slot would soon hold one and the order would be lost); what
+   it held is in llama-server's prompt cache when that is on.
 """
 
 import hashlib
@@ -64,8 +67,9 @@ def placement_of(request: dict, size: int, session: str | None) -> Placement:
 class Slots:
     """Memory of what each slot of one pool holds, and the choice of a free one."""
 
-    def __init__(self, long_prompt_bytes: int):
+    def __init__(self, long_prompt_bytes: int, count: int = 8):
         self.long_prompt_bytes = long_prompt_bytes
+        self.stale_after = 2 * count  # placements since a conversation's last turn
         self.held: dict[int, Held] = {}
         self._placements = 0
 
@@ -76,7 +80,8 @@ class Slots:
                 if held and ((placement.session and held.session == placement.session)
                              or (placement.continues and held.digest == placement.continues)):
                     return self._give(slot, placement)
-        spare = [slot for slot in free if not (held := self.held.get(slot.index)) or not held.conversation]
+        spare = [slot for slot in free if not (held := self.held.get(slot.index)) or not held.conversation
+                 or self._placements - held.used >= self.stale_after]
         if not spare:  # every free slot holds a conversation: the one unused the longest
             return self._give(min(free, key=lambda slot: self.held[slot.index].used), placement)
         pick = max if placement.size > self.long_prompt_bytes else min
