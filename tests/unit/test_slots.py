@@ -75,3 +75,16 @@ def test_a_conversation_that_does_not_come_back_frees_its_slot_for_the_order_by_
     assert memory.choose(FREE, slots.placement_of({"messages": QUESTION}, 300, None)).index == 0  # a's, 9 ago
     # c's turn was 8 placements ago now: the long document takes the highest stale slot, not d's.
     assert memory.choose(FREE, slots.placement_of({"messages": QUESTION}, 5000, None)).index == 2
+
+
+def test_a_sessionless_chat_whose_turns_alternate_engines_finds_the_turn_this_engine_holds():
+    memory = slots.Slots(LONG)
+    turns = _turns(5)
+    assert memory.choose(FREE, slots.placement_of({"messages": turns[0]}, 300, None)).index == 0
+    memory.choose(FREE[1:], slots.placement_of({"messages": _turns(1)[0] + [{"role": "user", "content": "x"}]}, 300, None))
+    # Turn 2 went to the other engine; turn 3 here begins with turn 1's messages.
+    assert memory.choose(FREE, slots.placement_of({"messages": turns[2]}, 500, None)).index == 0
+    assert memory.choose(FREE, slots.placement_of({"messages": turns[4]}, 700, None)).index == 0
+    # A request that begins with a system prompt alone takes no conversation's slot for it.
+    other = [turns[0][0], {"role": "user", "content": "something else"}]
+    assert memory.choose(FREE, slots.placement_of({"messages": other}, 300, None)).index == 2

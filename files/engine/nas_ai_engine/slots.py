@@ -7,7 +7,8 @@ behind a document in slot 5 it waits one step (0.56 s). So the front places:
 
 1. a conversation in the slot that holds its history, so only the new turn is read: the slot its
    session (the gateway's X-Nas-Ai-Session) last used, or the slot whose last request's messages
-   this one repeats (a chat app sends the whole history each turn);
+   begin this one's, the longest such (a chat app sends the whole history each turn; without a
+   session, least_conn may have sent the turns between to another engine);
 2. otherwise a short prompt in the lowest free slot and a long one (more than one batch) in the
    highest, choosing among slots that hold no conversation first, so a question does not evict a
    chat's history while another slot holds nothing worth keeping. A conversation that has not come
@@ -36,7 +37,7 @@ class Placement:
     size: int                       # body bytes
     session: str | None = None
     digest: bytes | None = None     # of its messages
-    continues: bytes | None = None  # digest of the messages of the turn it follows
+    prefixes: tuple[bytes, ...] = ()  # digests of its messages' shorter beginnings, longest first
     conversation: bool = False      # more than one message: a later turn may come back to it
 
 
@@ -49,18 +50,23 @@ class Held:
     used: int  # when it was last given, in placements
 
 
-def _digest(messages: list) -> bytes:
-    return hashlib.blake2b(json.dumps(messages, sort_keys=True, separators=(",", ":")).encode(),
-                           digest_size=16).digest()
+def _digests(messages: list) -> list[bytes]:
+    """The digest of each beginning of `messages` (1, 2, ... messages), chained: one pass."""
+    digests, chained = [], b""
+    for message in messages:
+        chained = hashlib.blake2b(chained + json.dumps(message, sort_keys=True, separators=(",", ":")).encode(),
+                                  digest_size=16).digest()
+        digests.append(chained)
+    return digests
 
 
 def placement_of(request: dict, size: int, session: str | None) -> Placement:
-    """A chat's next turn repeats the last one's messages and adds the answer and a question."""
+    """A chat's later turn repeats an earlier one's messages and adds answers and questions."""
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         return Placement(size, session or None)
-    return Placement(size, session or None, _digest(messages),
-                     _digest(messages[:-2]) if len(messages) >= 3 else None,
+    digests = _digests(messages)
+    return Placement(size, session or None, digests[-1], tuple(reversed(digests[:-1])),
                      conversation=bool(session) or len(messages) > 1)
 
 
@@ -74,12 +80,16 @@ class Slots:
         self._placements = 0
 
     def choose(self, free: list[Slot], placement: Placement) -> Slot:
-        if placement.session or placement.continues:
+        if placement.session:
             for slot in free:
-                held = self.held.get(slot.index)
-                if held and ((placement.session and held.session == placement.session)
-                             or (placement.continues and held.digest == placement.continues)):
+                if (held := self.held.get(slot.index)) and held.session == placement.session:
                     return self._give(slot, placement)
+        if placement.prefixes:
+            holding = {held.digest: index for index, held in self.held.items() if held.digest}
+            free_indexes = {slot.index: slot for slot in free}
+            for prefix in placement.prefixes:  # the longest first
+                if holding.get(prefix) in free_indexes:
+                    return self._give(free_indexes[holding[prefix]], placement)
         spare = [slot for slot in free if not (held := self.held.get(slot.index)) or not held.conversation
                  or self._placements - held.used >= self.stale_after]
         if not spare:  # every free slot holds a conversation: the one unused the longest
