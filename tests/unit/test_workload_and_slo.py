@@ -74,8 +74,14 @@ def test_slow_short_questions_break_the_slo():
 
 def test_slow_first_tokens_and_failures_break_the_slo():
     problems = slo.broken(_stats(900, 2500, failures=10), THRESHOLDS, ["short_question"])
-    assert any(p.startswith("failure ratio") for p in problems)
+    assert "failure ratio 4.76% > 1.00% (10 of 210 requests)" in problems
     assert "time_to_first_token short_question: p99 2500 ms > 2000 ms" in problems
+
+
+def test_the_failure_ratio_is_over_requests_not_the_metric_rows_beside_them():
+    # 3 of 203 requests failed: 1.5 %, though 3 of the 403 rows (with the first-token metrics) is 0.7 %.
+    assert slo.broken(_stats(900, 300, failures=3), THRESHOLDS, ["short_question"]) == [
+        "failure ratio 1.48% > 1.00% (3 of 203 requests)"]
 
 
 def test_an_empty_run_is_no_pass():
