@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from nas_ai_engine import native  # the engine's own llama-server command line
+from nas_ai_engine import metrics, native  # the engine's own llama-server command line and counters
 from nas_ai_engine.sse import DataParser
 
 from lab import ssh, waiting
@@ -170,11 +170,8 @@ def prompt_tokens(host: Host, config: dict) -> dict[str, float]:
     its counter nas_ai_engine_prompt_tokens_total, from llama-server's timings of each answer."""
     script = ("import urllib.request\n"
               f"print(urllib.request.urlopen('http://{config['host']}:{config['port']}/metrics', timeout=30).read().decode())")
-    totals = {"cached": 0.0, "read": 0.0}
-    for line in host.run(f"python3 -c {shlex.quote(script)}").splitlines():
-        if line.startswith("nas_ai_engine_prompt_tokens_total{"):
-            totals["cached" if 'cached="true"' in line else "read"] += float(line.rsplit(" ", 1)[1])
-    return totals
+    series = metrics.prompt_tokens_in(host.run(f"python3 -c {shlex.quote(script)}").splitlines())
+    return {"cached": series.get("true", 0.0), "read": series.get("false", 0.0)}
 
 
 def memory_bandwidth(host: Host, python: str) -> float:

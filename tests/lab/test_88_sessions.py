@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from nas_ai_engine import metrics
 from nas_ai_engine.sse import DataParser
 
 from lab.waiting import wait_until
@@ -47,8 +48,7 @@ def _turn(url: str, key: str, messages: list[dict], session: str | None) -> dict
 
 
 def _prompt_tokens(gateway, engine: str) -> dict[str, float]:
-    return {line.split('cached="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-            for line in engine_metrics(gateway, engine) if line.startswith("nas_ai_engine_prompt_tokens_total{")}
+    return metrics.prompt_tokens_in(engine_metrics(gateway, engine))
 
 
 def _conversation(url: str, key: str, session: str | None, questions=QUESTIONS, copy: str = "") -> list[dict]:

@@ -329,6 +329,10 @@ def test_a_streams_prompt_tokens_come_from_llama_servers_timings_cached_and_read
     before = _prompt_tokens()
     _exchange(_guard(LlamaServerApp()), "POST", "/v1/completions", [b'{"prompt": "x", "stream": true}'])
     assert [a - b for a, b in zip(_prompt_tokens(), before)] == [5, 7]
+    # What the benchmark and the lab tests read of it: the same two series from the /metrics text.
+    from prometheus_client import generate_latest
+    exposed = metrics.prompt_tokens_in(generate_latest(metrics.REGISTRY).decode().splitlines())
+    assert (exposed["true"], exposed["false"]) == _prompt_tokens()
 
 
 class PlainApp:

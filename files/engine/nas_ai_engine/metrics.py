@@ -27,6 +27,14 @@ PROMPT_TOKENS = Counter("nas_ai_engine_prompt_tokens",
                         "streams report none)", ["cached"], registry=REGISTRY)
 for _cached in ("true", "false"):  # both series exist from the start: a hit ratio is never empty
     PROMPT_TOKENS.labels(_cached)
+
+
+def prompt_tokens_in(lines) -> dict[str, float]:
+    """PROMPT_TOKENS' series ({"true": cached, "false": read}) in an engine's /metrics text lines."""
+    return {line.split('cached="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines if line.startswith("nas_ai_engine_prompt_tokens_total{")}
+
+
 GENERATED_TOKENS = Counter("nas_ai_engine_generated_tokens", "Tokens generated", registry=REGISTRY)
 IN_FLIGHT = Gauge("nas_ai_engine_requests_in_flight", "Generation requests being served or waiting",
                   registry=REGISTRY)
