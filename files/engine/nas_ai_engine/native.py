@@ -376,9 +376,11 @@ async def start_pool(config: dict, model: dict, generation: int) -> Pool:
         socket_path = str(run / f"llama-server-{generation}.sock")
         configured = with_model(config, model, socket_path)
         children = [await _spawn(*command(configured), env=dict(os.environ, LLAMA_API_KEY=key))]
-        parallel = configured["native"]["parallel"]
+        parallel, slot_memory = configured["native"]["parallel"], None
         if config.get("slot_placement"):
             tickets = [slots.Slot(socket_path, index) for index in range(parallel)]
+            # A prompt longer than one batch is read over several steps: one that holds the others up.
+            slot_memory = slots.Slots(slots.CHARS_PER_TOKEN * configured["model"]["n_batch"], parallel)
         else:
             tickets = [socket_path] * parallel
         sockets, ready_path = [socket_path], "/health"
@@ -387,11 +389,8 @@ async def start_pool(config: dict, model: dict, generation: int) -> Pool:
         children = [await _spawn(sys.executable, "-m", "nas_ai_engine", "worker", "--config", config["config_path"],
                                  "--index", str(index), "--model", model["path"], "--alias", model["alias"],
                                  "--socket", socket_path) for index, socket_path in enumerate(sockets)]
-        tickets, ready_path = list(sockets), "/v1/models"
-    pool = Pool(generation, model, children, sockets, tickets)
-    if config["server"] == "llama-server" and config.get("slot_placement"):
-        # A prompt longer than one batch is read over several steps: one that holds the others up.
-        pool.slot_memory = slots.Slots(slots.CHARS_PER_TOKEN * configured["model"]["n_batch"], parallel)
+        tickets, ready_path, slot_memory = list(sockets), "/v1/models", None
+    pool = Pool(generation, model, children, sockets, tickets, slot_memory=slot_memory)
     try:
         deadline = time.monotonic() + config.get("ready_timeout_s", 300)
         for child, socket_path in zip(children, sockets):
