@@ -443,3 +443,43 @@ def test_a_sessions_engine_gone_its_requests_go_to_the_other(tmp_path):
         gone.server_close()
         assert {ask({"X-Session-Id": "long-chat"}) for _ in range(4)} == {
             next(e.name for e in engines if e is not gone)}
+
+
+class _KeepAliveEngine(_Engine):
+    """An engine that would keep a connection open for the next request (HTTP/1.1), and counts
+    the connections it is given and those still open."""
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+            self.server.open += 1
+
+    def finish(self):
+        super().finish()
+        with self.server.lock:
+            self.server.open -= 1
+
+
+@needs_nginx
+def test_the_gateway_keeps_no_idle_connection_to_an_engine(tmp_path):
+    """Each request through the gateway is a connection of its own to the engine, closed once it
+    is answered: none waits idle for the next request, which, sent on it to a host that lost
+    power, would wait for the host's return instead of going to another engine."""
+    key = "sk-alice-0123456789abcdef"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveEngine)
+    server.name, server.connections, server.open, server.lock = "engine-0", 0, 0, threading.Lock()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with _running_gateway(tmp_path, {"gateway_rate_per_minute": 60000, "gateway_rate_burst": 1000},
+                              {"alice": key}, engines=[f"127.0.0.1:{server.server_address[1]}"]) as settings:
+            answered = [_engine_of(settings.gateway_port, key, CHAT) for _ in range(3)]
+            closed = wait_until(lambda: server.open == 0, 5, "the gateway to close its connections to the engine",
+                                interval=0.05)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answered == ["engine-0"] * 3
+    assert server.connections == 3
+    assert closed

@@ -29,8 +29,8 @@ _NOT_FORWARDED = uds_http.HOP_BY_HOP | {b"host", b"date", b"server"}
 # The gateway's name for a request's conversation (its client and session), set by the gateway alone.
 SESSION_HEADER = b"x-nas-ai-session"
 
-# Longer than nginx's keepalive_timeout to its upstreams (60 s): the gateway, not the engine,
-# closes idle connections, so nginx never sends a request on a connection being closed.
+# Longer than the gap between Prometheus's scrapes (15 s by default), which keeps its connection:
+# the engine does not close it under a scrape. The gateway opens a connection per request.
 KEEP_ALIVE_S = 75
 # The probe's completion: greedy, fixed seed, end of text ignored where the engine allows it, so
 # every model writes the same number of tokens and its decode speed is comparable.
