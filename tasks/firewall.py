@@ -61,9 +61,11 @@ def rules(ports: list[dict]) -> str:
 
 
 def load_command(rules_path: str, tries: int = LOAD_TRIES) -> str:
-    """A shell command that loads the table, tried again 2 s after a failure: two CI runs saw a
-    fresh lab container's first load fail, once after one retry a second later (cause not found;
-    nft's message is in the deploy's output or the unit's journal)."""
+    """A shell command that loads the table, tried again 2 s after a failure. Two CI runs saw the
+    unit's first start on a fresh lab container fail; the likely cause is the lab's, not nft's: its
+    containers share one systemd cgroup tree, so a unit's start in one can race the same unit's
+    exit in another (219/CGROUP, before the shell runs, which no retry here helps). A failure of
+    nft itself shows its own message in the deploy's output."""
     return " || ".join([f"nft -f {rules_path}"] + [f"{{ sleep 2; nft -f {rules_path}; }}"] * (tries - 1))
 
 
