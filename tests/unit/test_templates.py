@@ -359,10 +359,10 @@ class _Engine(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _engines(count: int):
+def _engines(count: int, handler: type[_Engine] = _Engine):
     servers = []
     for index in range(count):
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Engine)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.name = f"engine-{index}"
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -468,18 +468,13 @@ def test_the_gateway_keeps_no_idle_connection_to_an_engine(tmp_path):
     is answered: none waits idle for the next request, which, sent on it to a host that lost
     power, would wait for the host's return instead of going to another engine."""
     key = "sk-alice-0123456789abcdef"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveEngine)
-    server.name, server.connections, server.open, server.lock = "engine-0", 0, 0, threading.Lock()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _engines(1, _KeepAliveEngine) as (server,):
+        server.connections, server.open, server.lock = 0, 0, threading.Lock()
         with _running_gateway(tmp_path, {"gateway_rate_per_minute": 60000, "gateway_rate_burst": 1000},
                               {"alice": key}, engines=[f"127.0.0.1:{server.server_address[1]}"]) as settings:
             answered = [_engine_of(settings.gateway_port, key, CHAT) for _ in range(3)]
             closed = wait_until(lambda: server.open == 0, 5, "the gateway to close its connections to the engine",
                                 interval=0.05)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert answered == ["engine-0"] * 3
     assert server.connections == 3
     assert closed
